@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nixcache/nixcache/internal/nixkey"
+)
+
+func keygenCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "keygen",
+		Usage:     "make a new signing key pair",
+		UsageText: "nixcache keygen [--name NAME] [--secret-key-file PATH] [--public-key-file PATH] [--force]",
+		Description: `Makes an ed25519 key pair in Nix's format, interchangeable with
+'nix-store --generate-binary-cache-key'. The secret key is written with mode
+0600 and never replaces an existing file unless --force is given; the public
+key ("NAME:BASE64") is printed on standard output for clients'
+trusted-public-keys, and also written to --public-key-file when given.
+
+Defaults: NAME is key-name from the config file, else "$(hostname)-1";
+the secret key file is secret-key-file from the config file, else
+/var/lib/nixcache/secret-key.
+
+EXAMPLES:
+   nixcache keygen --name cache.example.org-1
+   nixcache keygen --secret-key-file ./cache.secret --public-key-file ./cache.pub`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "key `NAME`, as clients will see it (e.g. cache.example.org-1)"},
+			&cli.StringFlag{Name: "secret-key-file", Usage: "write the secret key to `PATH`"},
+			&cli.StringFlag{Name: "public-key-file", Usage: "also write the public key to `PATH`"},
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing secret key file"},
+			configFlag(),
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return errUsage{fmt.Errorf("keygen takes no arguments, got %q", c.Args().First())}
+			}
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			name := firstNonEmpty(c.String("name"), cfg.KeyName)
+			if name == "" {
+				host, err := os.Hostname()
+				if err != nil {
+					return withHint(err, "pass --name")
+				}
+				name = host + "-1"
+			}
+			if err := nixkey.ValidateName(name); err != nil {
+				return errUsage{withHint(err, "choose a name like cache.example.org-1: no ':', '#' or white space")}
+			}
+			secretPath := firstNonEmpty(c.String("secret-key-file"), cfg.SecretKeyFile)
+			publicPath := firstNonEmpty(c.String("public-key-file"), cfg.PublicKeyFile)
+			if publicPath == secretPath {
+				return errUsage{fmt.Errorf("the public and secret key files are both %q", secretPath)}
+			}
+			key, err := nixkey.Generate(name)
+			if err != nil {
+				return err
+			}
+			err = nixkey.WriteSecretKeyFile(secretPath, key, c.Bool("force"))
+			if errors.Is(err, fs.ErrExist) {
+				return withHint(err,
+					"nixcache never replaces a signing key by accident: clients trust the old one",
+					"to rotate the key, pass --force (or choose another --secret-key-file) and give clients the new public key")
+			}
+			if err != nil {
+				return err
+			}
+			if publicPath != "" {
+				if err := nixkey.WritePublicKeyFile(publicPath, key.Public()); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintln(ui.stdout, key.Public().String())
+			return nil
+		},
+	}
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

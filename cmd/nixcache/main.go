@@ -1,0 +1,88 @@
+// Command nixcache runs a private Nix binary cache served over SSH: it makes
+// signing keys, signs store paths through the Nix daemon and verifies them.
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nixcache/nixcache/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(main1()) }
+
+// main1 runs the command line and decides the exit status, in one place:
+// 0 success, 1 failure (or, for verify, paths without a trusted signature),
+// 2 a usage error.
+func main1() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ui := newUI(os.Stdout, os.Stderr)
+	err := newApp(ui).RunContext(ctx, os.Args)
+	return ui.exit(err)
+}
+
+func newApp(ui *ui) *cli.App {
+	return &cli.App{
+		Name:    "nixcache",
+		Usage:   "a private Nix binary cache served over SSH",
+		Version: version,
+		Description: `nixcache makes Nix signing keys, signs the paths a server's store holds so that
+clients accept them, and checks signatures. Commands talk to the Nix daemon
+(NIX_DAEMON_SOCKET_PATH, default /nix/var/nix/daemon-socket/socket).
+
+Defaults come from a TOML file: --config, else $NIXCACHE_CONFIG, else
+/etc/nixcache/config.toml if it exists. Settings: key-name, secret-key-file
+(default /var/lib/nixcache/secret-key), public-key-file, trusted-public-keys.`,
+		Flags:           []cli.Flag{configFlag()},
+		Commands:        []*cli.Command{keygenCommand(ui), keyCommand(ui), signCommand(ui), verifyCommand(ui)},
+		Writer:          ui.stdout,
+		ErrWriter:       ui.stderr,
+		HideHelpCommand: true,
+		// Errors are printed and turned into exit codes by main1, never by
+		// the library.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   usageError,
+	}
+}
+
+func configFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "config",
+		Usage:   "read defaults from `FILE`",
+		EnvVars: []string{config.EnvVar},
+	}
+}
+
+// loadConfig reads the configuration named by --config (on the command or
+// before it) or the environment, or the default file when it exists.
+func loadConfig(c *cli.Context) (*config.Config, error) {
+	for _, ctx := range c.Lineage() {
+		if ctx.IsSet("config") {
+			return config.Load(ctx.String("config"), true)
+		}
+	}
+	return config.Load(config.DefaultPath, false)
+}
+
+// errUsage marks errors in how the command was called.
+type errUsage struct{ error }
+
+func (e errUsage) Unwrap() error { return e.error }
+
+func usageError(_ *cli.Context, err error, _ bool) error {
+	return errUsage{err}
+}
+
+func isUsage(err error) bool {
+	var u errUsage
+	return errors.As(err, &u)
+}

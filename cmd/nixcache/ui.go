@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/internal/signing"
+)
+
+// ui is the one place that writes to the terminal. Messages are lowercase,
+// prefixed with the program name, and followed by hints saying what to do.
+// Nothing here ever prints key material: errors from key parsing describe
+// the problem without quoting the input.
+type ui struct {
+	stdout, stderr io.Writer
+}
+
+func newUI(stdout, stderr io.Writer) *ui { return &ui{stdout: stdout, stderr: stderr} }
+
+func (u *ui) warnf(format string, args ...any) {
+	fmt.Fprintf(u.stderr, "nixcache: warning: "+format+"\n", args...)
+}
+
+func (u *ui) hint(format string, args ...any) {
+	fmt.Fprintf(u.stderr, "nixcache: hint: "+format+"\n", args...)
+}
+
+func (u *ui) json(v any) error {
+	enc := json.NewEncoder(u.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// hinted is an error that comes with advice.
+type hinted struct {
+	err   error
+	hints []string
+}
+
+func (h hinted) Error() string { return h.err.Error() }
+func (h hinted) Unwrap() error { return h.err }
+
+func withHint(err error, hints ...string) error { return hinted{err, hints} }
+
+// errFailed is returned after a command has already said what went wrong
+// (verify listing bad paths): exit 1 with no further message.
+var errFailed = errors.New("failed")
+
+// exit prints err with its hints and returns the process exit status.
+func (u *ui) exit(err error) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errFailed) {
+		return 1
+	}
+	fmt.Fprintf(u.stderr, "nixcache: %v\n", err)
+	var h hinted
+	if errors.As(err, &h) {
+		for _, s := range h.hints {
+			u.hint("%s", s)
+		}
+	}
+	for _, s := range hintsFor(err) {
+		u.hint("%s", s)
+	}
+	if isUsage(err) {
+		u.hint("run 'nixcache --help' or 'nixcache COMMAND --help' for usage")
+		return 2
+	}
+	return 1
+}
+
+// hintsFor gives advice for errors that come from below the CLI.
+func hintsFor(err error) []string {
+	var dial *daemon.DialError
+	switch {
+	case errors.As(err, &dial):
+		switch {
+		case errors.Is(dial.Err, fs.ErrNotExist), errors.Is(dial.Err, syscall.ECONNREFUSED):
+			return []string{
+				"is the Nix daemon running? start it with 'systemctl start nix-daemon' (macOS: 'sudo launchctl kickstart -k system/org.nixos.nix-daemon')",
+				"or point NIX_DAEMON_SOCKET_PATH at the daemon's socket",
+			}
+		case errors.Is(dial.Err, fs.ErrPermission):
+			return []string{"run as root, or add this user to the group that owns the daemon socket (nix-users on Debian)"}
+		}
+	case errors.Is(err, signing.ErrNotTrusted):
+		return []string{"run as root, or add this user to trusted-users in nix.conf and restart the daemon"}
+	}
+	return nil
+}
+
+// progress shows a counter on the terminal for long runs and nothing when
+// standard error is a pipe or a file.
+type progress struct {
+	w     io.Writer
+	label string
+	mu    sync.Mutex
+	last  time.Time
+	shown bool
+}
+
+func (u *ui) progress(label string) *progress {
+	f, ok := u.stderr.(*os.File)
+	if !ok {
+		return nil
+	}
+	st, err := f.Stat()
+	if err != nil || st.Mode()&fs.ModeCharDevice == 0 {
+		return nil
+	}
+	return &progress{w: u.stderr, label: label, last: time.Now()}
+}
+
+// update is safe to call from several goroutines; a nil progress is silent.
+func (p *progress) update(done, total int) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond || done == total {
+		p.last = now
+		p.shown = true
+		fmt.Fprintf(p.w, "\rnixcache: %s %d/%d", p.label, done, total)
+	}
+}
+
+// clear removes the counter line before the final output.
+func (p *progress) clear() {
+	if p == nil || !p.shown {
+		return
+	}
+	fmt.Fprint(p.w, "\r\033[K")
+}

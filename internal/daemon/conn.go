@@ -1,0 +1,382 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/wire"
+)
+
+// DefaultSocketPath is where Nix's daemon listens unless told otherwise.
+const DefaultSocketPath = "/nix/var/nix/daemon-socket/socket"
+
+// SocketPath returns the socket Nix itself would use: NIX_DAEMON_SOCKET_PATH
+// when set, the default otherwise.
+func SocketPath() string {
+	if p := os.Getenv("NIX_DAEMON_SOCKET_PATH"); p != "" {
+		return p
+	}
+	return DefaultSocketPath
+}
+
+// Limits on what the daemon may send, so that a confused peer cannot make
+// the client allocate without bound.
+const (
+	maxStringLen = 1 << 20  // log lines, error messages, signatures, paths
+	maxListLen   = 50 << 20 // QueryAllValidPaths on the largest stores
+)
+
+// Conn is one connection to the daemon. Nix serves each connection in its own
+// process, one operation at a time; a Conn is not safe for concurrent use.
+type Conn struct {
+	nc      net.Conn
+	r       *bufio.Reader
+	w       *bufio.Writer
+	version Version
+
+	// DaemonVersion is the protocol version the daemon announced.
+	DaemonVersion Version
+	// DaemonNixVersion is the daemon's Nix version ("2.24.9"), from protocol 1.33.
+	DaemonNixVersion string
+	// Trust is whether the daemon trusts this client, from protocol 1.35.
+	Trust Trust
+	// Log receives the daemon's log lines; nil discards them.
+	Log func(line string)
+}
+
+// DialError says the daemon's socket could not be reached.
+type DialError struct {
+	Path string
+	Err  error
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("cannot connect to the Nix daemon at %q: %v", e.Path, e.Err)
+}
+func (e *DialError) Unwrap() error { return e.Err }
+
+// RemoteError is an error the daemon reported for an operation.
+type RemoteError struct {
+	Message string
+	// Status is the exit status Nix attaches (before protocol 1.26) or 1.
+	Status uint64
+}
+
+var ansiEscape = regexp.MustCompile("\x1b\\[[0-9;]*[A-Za-z]")
+
+func (e *RemoteError) Error() string {
+	return strings.TrimPrefix(ansiEscape.ReplaceAllString(e.Message, ""), "error: ")
+}
+
+// ProtocolError is a violation of the protocol by either side; the connection
+// is unusable afterwards.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return "Nix daemon protocol error: " + e.Msg }
+
+// Dial connects to the daemon at socketPath and performs the handshake.
+// Cancelling ctx aborts the handshake and any later operation on the Conn.
+func Dial(ctx context.Context, socketPath string) (*Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", socketPath)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			err = op.Err
+		}
+		var se *os.SyscallError
+		if errors.As(err, &se) {
+			err = se.Err
+		}
+		return nil, &DialError{Path: socketPath, Err: err}
+	}
+	c := &Conn{
+		nc: nc,
+		r:  bufio.NewReaderSize(nc, 64<<10),
+		w:  bufio.NewWriterSize(nc, 64<<10),
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	err = c.handshake()
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { nc.Close() })
+	return c, nil
+}
+
+// Close ends the connection; the daemon process serving it exits.
+func (c *Conn) Close() error { return c.nc.Close() }
+
+// Version is the negotiated protocol version: the lower of the two sides'.
+func (c *Conn) Version() Version { return c.version }
+
+func (c *Conn) handshake() error {
+	if err := wire.WriteUint64(c.w, workerMagic1); err != nil {
+		return err
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	magic, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return fmt.Errorf("reading the daemon's greeting: %w", err)
+	}
+	if magic != workerMagic2 {
+		return &ProtocolError{"the socket did not answer as a Nix daemon (wrong magic number)"}
+	}
+	v, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return err
+	}
+	c.DaemonVersion = Version(v)
+	if c.DaemonVersion.Major() != ClientVersion.Major() || c.DaemonVersion < MinVersion {
+		return &ProtocolError{fmt.Sprintf("daemon speaks protocol %s; nixcache needs %d.%d or later (Nix 2.3+)",
+			c.DaemonVersion, MinVersion.Major(), MinVersion.Minor())}
+	}
+	c.version = min(c.DaemonVersion, ClientVersion)
+
+	// Both sides decide each optional field by the other side's version,
+	// which amounts to the negotiated minimum.
+	w := &errWriter{w: c.w}
+	w.uint(uint64(ClientVersion))
+	w.uint(0)     // obsolete CPU affinity: none (since 1.14)
+	w.bool(false) // obsolete reserveSpace (since 1.11)
+	if w.err != nil {
+		return w.err
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	if c.version.Minor() >= 33 {
+		if c.DaemonNixVersion, err = wire.ReadString(c.r, maxStringLen); err != nil {
+			return err
+		}
+	}
+	if c.version.Minor() >= 35 {
+		t, err := wire.ReadUint64(c.r)
+		if err != nil {
+			return err
+		}
+		switch t {
+		case 0:
+			c.Trust = TrustUnknown
+		case 1:
+			c.Trust = Trusted
+		case 2:
+			c.Trust = NotTrusted
+		default:
+			return &ProtocolError{fmt.Sprintf("invalid trust flag %d", t)}
+		}
+	}
+	return c.processStderr()
+}
+
+// processStderr reads the daemon's messages up to the end of an operation's
+// log. A *RemoteError means the operation failed but the connection is fine.
+func (c *Conn) processStderr() error {
+	for {
+		msg, err := wire.ReadUint64(c.r)
+		if err != nil {
+			return c.readErr(err)
+		}
+		switch msg {
+		case stderrLast:
+			return nil
+		case stderrError:
+			return c.readError()
+		case stderrNext:
+			s, err := wire.ReadString(c.r, maxStringLen)
+			if err != nil {
+				return c.readErr(err)
+			}
+			c.log(strings.TrimSuffix(s, "\n"))
+		case stderrWrite:
+			if _, err := wire.ReadString(c.r, maxStringLen); err != nil {
+				return c.readErr(err)
+			}
+		case stderrRead:
+			// Only operations that upload data make the daemon ask for it.
+			return &ProtocolError{"daemon asked for data that no nixcache operation sends"}
+		case stderrStartActivity:
+			// id, level, type, text, fields, parent
+			if err := c.skipUints(3); err != nil {
+				return err
+			}
+			s, err := wire.ReadString(c.r, maxStringLen)
+			if err != nil {
+				return c.readErr(err)
+			}
+			if err := c.skipFields(); err != nil {
+				return err
+			}
+			if err := c.skipUints(1); err != nil {
+				return err
+			}
+			if s != "" {
+				c.log(s)
+			}
+		case stderrStopActivity:
+			if err := c.skipUints(1); err != nil {
+				return err
+			}
+		case stderrResult:
+			// id, type, fields
+			if err := c.skipUints(2); err != nil {
+				return err
+			}
+			if err := c.skipFields(); err != nil {
+				return err
+			}
+		default:
+			return &ProtocolError{fmt.Sprintf("unknown stderr message 0x%x", msg)}
+		}
+	}
+}
+
+func (c *Conn) readError() error {
+	if c.version.Minor() < 26 {
+		msg, err := wire.ReadString(c.r, maxStringLen)
+		if err != nil {
+			return c.readErr(err)
+		}
+		status, err := wire.ReadUint64(c.r)
+		if err != nil {
+			return c.readErr(err)
+		}
+		return &RemoteError{Message: msg, Status: status}
+	}
+	// Structured error: type ("Error"), level, name (unused), message,
+	// position (always absent), then traces, each a position and a hint.
+	if _, err := wire.ReadString(c.r, maxStringLen); err != nil {
+		return c.readErr(err)
+	}
+	if err := c.skipUints(1); err != nil {
+		return err
+	}
+	if _, err := wire.ReadString(c.r, maxStringLen); err != nil {
+		return c.readErr(err)
+	}
+	msg, err := wire.ReadString(c.r, maxStringLen)
+	if err != nil {
+		return c.readErr(err)
+	}
+	if err := c.expectNoPos(); err != nil {
+		return err
+	}
+	traces, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return c.readErr(err)
+	}
+	for range traces {
+		if err := c.expectNoPos(); err != nil {
+			return err
+		}
+		if _, err := wire.ReadString(c.r, maxStringLen); err != nil {
+			return c.readErr(err)
+		}
+	}
+	return &RemoteError{Message: msg, Status: 1}
+}
+
+func (c *Conn) expectNoPos() error {
+	havePos, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return c.readErr(err)
+	}
+	if havePos != 0 {
+		return &ProtocolError{"error with a source position, which the daemon never sends"}
+	}
+	return nil
+}
+
+func (c *Conn) skipUints(n int) error {
+	for range n {
+		if _, err := wire.ReadUint64(c.r); err != nil {
+			return c.readErr(err)
+		}
+	}
+	return nil
+}
+
+func (c *Conn) skipFields() error {
+	n, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return c.readErr(err)
+	}
+	for range n {
+		typ, err := wire.ReadUint64(c.r)
+		if err != nil {
+			return c.readErr(err)
+		}
+		switch typ {
+		case 0:
+			err = c.skipUints(1)
+		case 1:
+			_, err = wire.ReadString(c.r, maxStringLen)
+			err = c.readErr(err)
+		default:
+			return &ProtocolError{fmt.Sprintf("unknown log field type %d", typ)}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Conn) log(s string) {
+	if c.Log != nil {
+		c.Log(ansiEscape.ReplaceAllString(s, ""))
+	}
+}
+
+// readErr turns a short read into an error that says what happened.
+func (c *Conn) readErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return &ProtocolError{"the daemon closed the connection"}
+	}
+	return err
+}
+
+// errWriter lets a request be written as a sequence of fields with one
+// error check at the end.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) uint(n uint64) {
+	if e.err == nil {
+		e.err = wire.WriteUint64(e.w, n)
+	}
+}
+
+func (e *errWriter) bool(b bool) {
+	if e.err == nil {
+		e.err = wire.WriteBool(e.w, b)
+	}
+}
+
+func (e *errWriter) string(s string) {
+	if e.err == nil {
+		e.err = wire.WriteString(e.w, s)
+	}
+}
+
+func (e *errWriter) strings(ss []string) {
+	e.uint(uint64(len(ss)))
+	for _, s := range ss {
+		e.string(s)
+	}
+}
