@@ -1,0 +1,54 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// closureExpr builds a chain of n input-addressed paths, each referring to
+// the one before, with a builder that needs nothing but /bin/sh.
+const closureExpr = `{ nonce, n }:
+let
+  step = i: prev: derivation {
+    name = "nixcache-test-${toString i}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo ${nonce} ${prev} > $out" ];
+  };
+  chain = i: if i == 0 then "" else step i (chain (i - 1));
+in chain n
+`
+
+// Closure is a set of paths built into the server's store.
+type Closure struct {
+	// Top refers, directly or not, to every other path.
+	Top string
+	// Paths is the whole closure, Top included.
+	Paths []string
+}
+
+// Build builds a fresh closure of n paths through the private daemon.
+func (e *Env) Build(n int) (Closure, error) {
+	expr := filepath.Join(e.Dir, "closure.nix")
+	if err := os.WriteFile(expr, []byte(closureExpr), 0o644); err != nil {
+		return Closure{}, err
+	}
+	r := Run(e.Environ(), "nix-build", "--no-out-link", "--quiet", expr,
+		"--argstr", "nonce", Nonce(), "--arg", "n", strconv.Itoa(n))
+	if r.Err != nil {
+		return Closure{}, r.Err
+	}
+	top := strings.TrimSpace(r.Stdout)
+	r = Run(e.Environ(), "nix-store", "--query", "--requisites", top)
+	if r.Err != nil {
+		return Closure{}, r.Err
+	}
+	paths := strings.Fields(r.Stdout)
+	if len(paths) != n {
+		return Closure{}, fmt.Errorf("built %s with %d paths in its closure, want %d", top, len(paths), n)
+	}
+	return Closure{Top: top, Paths: paths}, nil
+}

@@ -1,0 +1,202 @@
+// Package harness runs a real private Nix cache on this machine for tests:
+// a nix-daemon of its own, sshd on loopback with a nix-ssh account forced
+// into `nix-store --serve` or `nix-daemon --stdio` (as NixOS's nix.sshServe
+// configures it), closures built into the server store, and fresh client
+// stores that substitute from it.
+//
+// It needs root, Nix and OpenSSH; a missing piece is a test failure, never a
+// skip. Everything it starts is stopped by PID, and it changes nothing in
+// /etc or /root: the nix-ssh account exists only inside the mount namespace
+// sshd runs in, and HOME points into a temporary directory.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nixcache/nixcache/internal/daemon"
+)
+
+// CommandTimeout bounds every command the harness runs, so that a hung ssh
+// or Nix fails the test instead of stalling CI.
+const CommandTimeout = 2 * time.Minute
+
+// Env is the shared part of a test binary's setup: a nix-daemon of its own on
+// a private socket, serving the machine's /nix/store.
+type Env struct {
+	// Dir is root-owned and world-traversable (sshd's StrictModes and the
+	// nix-ssh account need that); it holds sockets, keys and configs.
+	Dir string
+	// Socket is the private daemon's socket.
+	Socket string
+	// ConfDir holds the nix.conf the daemon and the server-side tools read.
+	ConfDir string
+	// Home is HOME for every command, so nothing is written to /root.
+	Home string
+
+	daemon *process
+	// madeRunSSHD is set when Start created sshd's privilege separation dir.
+	madeRunSSHD bool
+}
+
+// Requirements are the programs the harness runs.
+var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount"}
+
+// Start checks the requirements and starts the daemon. Call Close when done.
+func Start() (*Env, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the end-to-end harness must run as root (it starts sshd and a nix-daemon)")
+	}
+	var missing []string
+	for _, p := range Requirements {
+		if _, err := exec.LookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("missing programs %s: run scripts/deps.sh (apt-get install nix-bin openssh-server openssh-client)", strings.Join(missing, ", "))
+	}
+	// /run is root-owned 0755 and not world-writable like /tmp, which
+	// sshd's StrictModes requires of every directory above authorized_keys.
+	dir, err := os.MkdirTemp("/run", "nixcache-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Dir: dir, Socket: filepath.Join(dir, "daemon", "socket"), ConfDir: filepath.Join(dir, "nix"), Home: filepath.Join(dir, "home")}
+	if err := e.start(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Env) start() error {
+	if err := os.Chmod(e.Dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range []string{filepath.Dir(e.Socket), e.ConfDir, e.Home} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// The daemon builds test derivations whose builder is /bin/sh, which
+	// needs no nixpkgs but does need the sandbox off.
+	conf := "sandbox = false\nexperimental-features = nix-command\nbuild-users-group = nixbld\n"
+	if err := os.WriteFile(filepath.Join(e.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if _, err := os.Stat("/run/sshd"); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
+			return err
+		}
+		e.madeRunSSHD = true
+	}
+	log, err := os.Create(filepath.Join(e.Dir, "nix-daemon.log"))
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command("nix-daemon")
+	// Not e.Environ(): with NIX_REMOTE=daemon the daemon would serve its
+	// own socket instead of the store.
+	cmd.Env = e.baseEnviron()
+	cmd.Stdout, cmd.Stderr = log, log
+	if e.daemon, err = startProcess(cmd); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		c, err := daemon.Dial(ctx, e.Socket)
+		if err == nil {
+			return c.Close()
+		}
+		if exited, werr := e.daemon.hasExited(); exited {
+			return fmt.Errorf("nix-daemon exited at start (%v); see %s", werr, log.Name())
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("nix-daemon did not answer on %s: %v (log: %s)", e.Socket, err, log.Name())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Close stops the daemon (its process group: the listener and the processes
+// it forked per connection) and removes the directory.
+func (e *Env) Close() {
+	e.daemon.stop()
+	if e.madeRunSSHD {
+		os.Remove("/run/sshd")
+	}
+	os.RemoveAll(e.Dir)
+}
+
+// Environ is the environment for commands that act on the server's store:
+// Nix tools and nixcache reach the private daemon, and HOME is private.
+func (e *Env) Environ(extra ...string) []string {
+	return append(e.baseEnviron(), append([]string{"NIX_REMOTE=daemon"}, extra...)...)
+}
+
+func (e *Env) baseEnviron() []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + e.Home,
+		"XDG_CACHE_HOME=" + filepath.Join(e.Home, ".cache"),
+		"NIX_CONF_DIR=" + e.ConfDir,
+		"NIX_DAEMON_SOCKET_PATH=" + e.Socket,
+	}
+}
+
+// Result is a finished command.
+type Result struct {
+	Stdout, Stderr string
+	Err            error
+}
+
+// Run runs a command with env, bounded by CommandTimeout.
+func Run(env []string, name string, args ...string) Result {
+	return RunInput(env, nil, name, args...)
+}
+
+// RunInput is Run with standard input.
+func RunInput(env []string, stdin []byte, name string, args ...string) Result {
+	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	// Kill the whole group on timeout: ssh and Nix spawn helpers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%s timed out after %s: %w", name, CommandTimeout, err)
+	}
+	if err != nil {
+		err = fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, errb.String())
+	}
+	return Result{out.String(), errb.String(), err}
+}
+
+// Nonce returns a random string; built paths include one so that every test
+// gets paths no other test (or earlier run) has touched.
+func Nonce() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
