@@ -56,19 +56,21 @@ Defaults come from a TOML file: --config, else $NIXCACHE_CONFIG, else
 
 func configFlag() cli.Flag {
 	return &cli.StringFlag{
-		Name:    "config",
-		Usage:   "read defaults from `FILE`",
-		EnvVars: []string{config.EnvVar},
+		Name:  "config",
+		Usage: "read defaults from `FILE` (default: $" + config.EnvVar + ", else " + config.DefaultPath + ")",
 	}
 }
 
-// loadConfig reads the configuration named by --config (on the command or
-// before it) or the environment, or the default file when it exists.
+// loadConfig reads the configuration named by --config (after the command
+// or before it), else by the environment, else the default file if present.
 func loadConfig(c *cli.Context) (*config.Config, error) {
 	for _, ctx := range c.Lineage() {
 		if ctx.IsSet("config") {
 			return config.Load(ctx.String("config"), true)
 		}
+	}
+	if p := os.Getenv(config.EnvVar); p != "" {
+		return config.Load(p, true)
 	}
 	return config.Load(config.DefaultPath, false)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -46,8 +47,11 @@ const maxSize = 1 << 20
 // missing file is an error, since the user asked for it.
 func Load(path string, explicit bool) (*Config, error) {
 	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		return withDefaults(&Config{}), nil
+	if errors.Is(err, fs.ErrNotExist) {
+		if !explicit {
+			return withDefaults(&Config{}), nil
+		}
+		return nil, fmt.Errorf("config file %q does not exist", path)
 	}
 	if err != nil {
 		return nil, err
@@ -63,6 +67,14 @@ func Load(path string, explicit bool) (*Config, error) {
 	c, err := Parse(string(data))
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", path, err)
+	}
+	// Relative paths in the file are relative to the file, not to wherever
+	// the command happens to run.
+	dir := filepath.Dir(path)
+	for _, p := range []*string{&c.SecretKeyFile, &c.PublicKeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
 	}
 	return c, nil
 }
