@@ -112,10 +112,10 @@ func (c *Conn) readPathInfoReply(path string) (*PathInfo, error) {
 		return nil, ErrNotValid
 	}
 	info := &PathInfo{Path: path}
-	if info.Deriver, err = wire.ReadString(c.r, maxStringLen); err != nil {
+	if info.Deriver, err = c.readString(); err != nil {
 		return nil, err
 	}
-	hash, err := wire.ReadString(c.r, maxStringLen)
+	hash, err := c.readString()
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func (c *Conn) readPathInfoReply(path string) (*PathInfo, error) {
 	if info.Sigs, err = c.readStrings(); err != nil {
 		return nil, err
 	}
-	if info.CA, err = wire.ReadString(c.r, maxStringLen); err != nil {
+	if info.CA, err = c.readString(); err != nil {
 		return nil, err
 	}
 	return info, nil
@@ -170,7 +170,7 @@ func (c *Conn) readStrings() ([]string, error) {
 	}
 	ss := make([]string, n)
 	for i := range ss {
-		if ss[i], err = wire.ReadString(c.r, maxStringLen); err != nil {
+		if ss[i], err = c.readString(); err != nil {
 			return nil, err
 		}
 	}

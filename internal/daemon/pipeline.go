@@ -1,13 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 )
 
 // The daemon reads one request, answers it, then reads the next, so a client
 // may send many requests before reading the first reply; the replies come
-// back in order. The batch operations below do that, which turns one round
-// trip per path into one per batch.
+// back in order. The operations below do that, which turns one round trip
+// per path into one per batch.
 //
 // An operation that fails inside the daemon (a *RemoteError) leaves the
 // connection usable, and its error is handed to the callback; any other
@@ -17,7 +18,7 @@ import (
 // each(i, info, err) in order with ErrNotValid or a *RemoteError as err for
 // paths that have none. If each returns an error the batch stops with it.
 func (c *Conn) QueryPathInfos(paths []string, each func(i int, info *PathInfo, err error) error) error {
-	return c.pipeline(len(paths),
+	return stream(context.Background(), c, feed(paths),
 		func(w *errWriter, i int) { writeQueryPathInfo(w, paths[i]) },
 		func(i int) error {
 			var info *PathInfo
@@ -47,15 +48,27 @@ type Signing struct {
 // AddSignaturesBatch adds signatures to many paths, calling each(i, err) in
 // order with a *RemoteError for paths the daemon refused.
 func (c *Conn) AddSignaturesBatch(reqs []Signing, each func(i int, err error) error) error {
-	return c.pipeline(len(reqs),
+	return stream(context.Background(), c, feed(reqs),
 		func(w *errWriter, i int) { writeAddSignatures(w, reqs[i].Path, reqs[i].Sigs) },
-		func(i int) error {
-			err := c.readReply(c.readAddSignaturesReply)
-			if isFatal(err) {
-				return err
-			}
-			return each(i, err)
-		})
+		func(i int) error { return c.addSignaturesResult(func(err error) error { return each(i, err) }) })
+}
+
+// AddSignaturesStream sends each request that arrives on reqs as soon as it
+// arrives, so that signing can overlap with reading path info elsewhere, and
+// calls each with its result in order. It returns once reqs is closed and
+// every reply is in, or at the first fatal error, or when ctx is done.
+func (c *Conn) AddSignaturesStream(ctx context.Context, reqs <-chan Signing, each func(Signing, error) error) error {
+	return stream(ctx, c, reqs,
+		func(w *errWriter, r Signing) { writeAddSignatures(w, r.Path, r.Sigs) },
+		func(r Signing) error { return c.addSignaturesResult(func(err error) error { return each(r, err) }) })
+}
+
+func (c *Conn) addSignaturesResult(each func(error) error) error {
+	err := c.readReply(c.readAddSignaturesReply)
+	if isFatal(err) {
+		return err
+	}
+	return each(err)
 }
 
 func isFatal(err error) bool {
@@ -63,33 +76,34 @@ func isFatal(err error) bool {
 	return err != nil && !errors.As(err, &re)
 }
 
-// pipeline writes n requests from one goroutine while reading their replies
-// in this one, so that neither side blocks on a full socket buffer.
-func (c *Conn) pipeline(n int, write func(w *errWriter, i int), read func(i int) error) error {
+// feed returns a closed channel holding the indexes of items.
+func feed[T any](items []T) <-chan int {
+	ch := make(chan int, len(items))
+	for i := range items {
+		ch <- i
+	}
+	close(ch)
+	return ch
+}
+
+// stream writes a request for each value from reqs in one goroutine and
+// reads the replies in this one, so that neither side blocks on a full
+// socket buffer.
+func stream[T any](ctx context.Context, c *Conn, reqs <-chan T, write func(*errWriter, T), read func(T) error) error {
+	sent := make(chan T, 1024)
 	done := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() {
-		w := &errWriter{w: c.w}
-		for i := 0; i < n && w.err == nil; i++ {
-			select {
-			case <-done:
-				werr <- nil
-				return
-			default:
-			}
-			write(w, i)
-		}
-		if w.err == nil {
-			w.err = c.w.Flush()
-		}
-		if w.err != nil {
+		err := writeAll(ctx, c, reqs, sent, done, write)
+		if err != nil {
 			// Replies to unsent requests will never come: wake the reader.
 			c.nc.Close()
 		}
-		werr <- w.err
+		werr <- err
+		close(sent)
 	}()
-	for i := range n {
-		if err := read(i); err != nil {
+	for r := range sent {
+		if err := read(r); err != nil {
 			close(done)
 			// The writer may be blocked on a daemon that stopped reading;
 			// closing the connection releases it. The Conn is spent anyway.
@@ -101,4 +115,48 @@ func (c *Conn) pipeline(n int, write func(w *errWriter, i int), read func(i int)
 		}
 	}
 	return <-werr
+}
+
+// writeAll writes a request for each value from reqs and passes the value
+// on to sent, where the reader expects its reply. It flushes before it waits
+// for anything, so the reader never waits for a reply to a request that is
+// still in the buffer. It stops early, without error, when done is closed.
+func writeAll[T any](ctx context.Context, c *Conn, reqs <-chan T, sent chan<- T, done <-chan struct{}, write func(*errWriter, T)) error {
+	w := &errWriter{w: c.w}
+	for {
+		var r T
+		var ok bool
+		select {
+		case r, ok = <-reqs:
+		default:
+			if err := c.w.Flush(); err != nil {
+				return err
+			}
+			select {
+			case r, ok = <-reqs:
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if !ok {
+			return c.w.Flush()
+		}
+		if write(w, r); w.err != nil {
+			return w.err
+		}
+		select {
+		case sent <- r:
+		default:
+			if err := c.w.Flush(); err != nil {
+				return err
+			}
+			select {
+			case sent <- r:
+			case <-done:
+				return nil
+			}
+		}
+	}
 }

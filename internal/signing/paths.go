@@ -5,7 +5,6 @@ package signing
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"runtime"
@@ -145,56 +144,35 @@ func closure(conn *daemon.Conn, roots []string) ([]string, error) {
 }
 
 // eachInfo reads the metadata of paths over several connections, calling
-// fn for each (concurrently from several goroutines, each path once) and then
-// finish with the same connection, so that a worker can send the writes its
-// reads called for. Paths that vanished meanwhile come with ErrNotValid.
-func (s Store) eachInfo(ctx context.Context, paths []string,
-	fn func(worker int, info *daemon.PathInfo, path string, err error) error,
-	finish func(worker int, conn *daemon.Conn) error,
-) error {
+// fn for each path once, concurrently from one goroutine per connection.
+// Paths that vanished meanwhile come with ErrNotValid.
+func (s Store) eachInfo(ctx context.Context, paths []string, fn func(info *daemon.PathInfo, path string, err error) error) error {
 	n := s.conns(len(paths))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var done atomic.Int64
 	var wg sync.WaitGroup
 	for w := range n {
-		lo, hi := w*len(paths)/n, (w+1)*len(paths)/n
+		chunk := paths[w*len(paths)/n : (w+1)*len(paths)/n]
 		wg.Go(func() {
-			err := s.work(ctx, paths[lo:hi], w, &done, len(paths), fn, finish)
+			conn, err := s.dial(ctx)
+			if err == nil {
+				defer conn.Close()
+				err = conn.QueryPathInfos(chunk, func(i int, info *daemon.PathInfo, err error) error {
+					if err := fn(info, chunk[i], err); err != nil {
+						return err
+					}
+					if d := done.Add(1); s.Progress != nil && (d%64 == 0 || int(d) == len(paths)) {
+						s.Progress(int(d), len(paths))
+					}
+					return ctx.Err()
+				})
+			}
 			if err != nil {
 				cancel(err)
 			}
 		})
 	}
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
-}
-
-func (s Store) work(ctx context.Context, paths []string, w int, done *atomic.Int64, total int,
-	fn func(int, *daemon.PathInfo, string, error) error, finish func(int, *daemon.Conn) error,
-) error {
-	conn, err := s.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	err = conn.QueryPathInfos(paths, func(i int, info *daemon.PathInfo, err error) error {
-		if err := fn(w, info, paths[i], err); err != nil {
-			return err
-		}
-		if d := done.Add(1); s.Progress != nil && (d%64 == 0 || int(d) == total) {
-			s.Progress(int(d), total)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if finish == nil {
-		return nil
-	}
-	return finish(w, conn)
+	return context.Cause(ctx)
 }

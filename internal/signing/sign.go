@@ -35,53 +35,78 @@ var ErrNotTrusted = errors.New("the Nix daemon does not trust this user, so it r
 // `nix store sign`, a path counts as signed when it carries exactly the
 // signature this key makes for it; ed25519 is deterministic, so that is the
 // signature Nix would add.
+//
+// Path info is read over several connections while one more connection
+// adds the signatures as they are made, so the daemon's reads and its
+// database writes overlap. Only paths just read as valid are signed: Nix
+// 2.8's daemon crashes its connection when asked to sign a missing path.
 func (s Store) Sign(ctx context.Context, key nixkey.SecretKey, paths []string, dryRun bool) (*SignReport, error) {
 	rep := &SignReport{Key: key.Name(), DryRun: dryRun, Signed: []string{}, Skipped: []Skipped{}}
-	n := s.conns(len(paths))
-	pending := make([][]daemon.Signing, n)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var mu sync.Mutex // guards rep
-	sign := func(w int, info *daemon.PathInfo, path string, err error) error {
+	todo := make(chan daemon.Signing, 1024)
+	writerDone := make(chan struct{})
+	if dryRun {
+		go func() {
+			for r := range todo {
+				rep.Signed = append(rep.Signed, r.Path)
+			}
+			close(writerDone)
+		}()
+	} else {
+		conn, err := s.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		go func() {
+			defer close(writerDone)
+			err := conn.AddSignaturesStream(ctx, todo, func(r daemon.Signing, err error) error {
+				if err != nil {
+					if strings.Contains(err.Error(), "not privileged") {
+						return ErrNotTrusted
+					}
+					return fmt.Errorf("adding a signature to %s: %w", r.Path, err)
+				}
+				rep.Signed = append(rep.Signed, r.Path) // only this goroutine writes Signed
+				return nil
+			})
+			if err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	err := s.eachInfo(ctx, paths, func(info *daemon.PathInfo, path string, err error) error {
 		var sig string
 		if err == nil {
 			sig, err = signatureFor(key, info)
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			mu.Lock()
 			rep.Skipped = append(rep.Skipped, Skipped{path, reason(err)})
 			mu.Unlock()
-			return nil
-		}
-		if slices.Contains(info.Sigs, sig) {
+		case slices.Contains(info.Sigs, sig):
 			mu.Lock()
 			rep.AlreadySigned++
 			mu.Unlock()
-			return nil
-		}
-		pending[w] = append(pending[w], daemon.Signing{Path: path, Sigs: []string{sig}})
-		return nil
-	}
-	write := func(w int, conn *daemon.Conn) error {
-		reqs := pending[w]
-		if dryRun || len(reqs) == 0 {
-			return nil
-		}
-		return conn.AddSignaturesBatch(reqs, func(i int, err error) error {
-			if err != nil {
-				if strings.Contains(err.Error(), "not privileged") {
-					return ErrNotTrusted
-				}
-				return fmt.Errorf("adding a signature to %s: %w", reqs[i].Path, err)
+		default:
+			select {
+			case todo <- daemon.Signing{Path: path, Sigs: []string{sig}}:
+			case <-ctx.Done():
+				return context.Cause(ctx)
 			}
-			return nil
-		})
-	}
-	if err := s.eachInfo(ctx, paths, sign, write); err != nil {
-		return nil, err
-	}
-	for _, reqs := range pending {
-		for _, r := range reqs {
-			rep.Signed = append(rep.Signed, r.Path)
 		}
+		return nil
+	})
+	close(todo)
+	<-writerDone
+	if err == nil {
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		return nil, err
 	}
 	slices.Sort(rep.Signed)
 	slices.SortFunc(rep.Skipped, func(a, b Skipped) int { return strings.Compare(a.Path, b.Path) })

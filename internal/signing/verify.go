@@ -31,7 +31,7 @@ type VerifyReport struct {
 func (s Store) Verify(ctx context.Context, keys []nixkey.PublicKey, paths []string) (*VerifyReport, error) {
 	rep := &VerifyReport{Checked: len(paths), Untrusted: []Untrusted{}}
 	var mu sync.Mutex
-	check := func(_ int, info *daemon.PathInfo, path string, err error) error {
+	check := func(info *daemon.PathInfo, path string, err error) error {
 		why := ""
 		if err != nil {
 			why = reason(err)
@@ -47,7 +47,7 @@ func (s Store) Verify(ctx context.Context, keys []nixkey.PublicKey, paths []stri
 		}
 		return nil
 	}
-	if err := s.eachInfo(ctx, paths, check, nil); err != nil {
+	if err := s.eachInfo(ctx, paths, check); err != nil {
 		return nil, err
 	}
 	slices.SortFunc(rep.Untrusted, func(a, b Untrusted) int { return strings.Compare(a.Path, b.Path) })

@@ -45,8 +45,6 @@ type Env struct {
 	Home string
 
 	daemon *process
-	// madeRunSSHD is set when Start created sshd's privilege separation dir.
-	madeRunSSHD bool
 }
 
 // Requirements are the programs the harness runs.
@@ -95,11 +93,11 @@ func (e *Env) start() error {
 	if err := os.WriteFile(filepath.Join(e.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	if _, err := os.Stat("/run/sshd"); errors.Is(err, os.ErrNotExist) {
-		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
-			return err
-		}
-		e.madeRunSSHD = true
+	// sshd's privilege separation directory, which the openssh-server
+	// service makes at boot; without systemd nobody has. It stays: test
+	// binaries run in parallel and share it, and it lives in /run.
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return err
 	}
 	log, err := os.Create(filepath.Join(e.Dir, "nix-daemon.log"))
 	if err != nil {
@@ -135,9 +133,6 @@ func (e *Env) start() error {
 // it forked per connection) and removes the directory.
 func (e *Env) Close() {
 	e.daemon.stop()
-	if e.madeRunSSHD {
-		os.Remove("/run/sshd")
-	}
 	os.RemoveAll(e.Dir)
 }
 
