@@ -68,13 +68,14 @@ func (e *Env) NewClient(dir string, server *Server) (*Client, error) {
   BatchMode yes
   ConnectTimeout 5
 `, HostAlias, server.Port, CacheUser, HostAlias, c.Key, filepath.Join(dir, "known_hosts"))
-	if err := os.WriteFile(c.sshConfig(), []byte(sshConfig), 0o600); err != nil {
+	if err := os.WriteFile(c.SSHConfig(), []byte(sshConfig), 0o600); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Client) sshConfig() string { return filepath.Join(c.Dir, "ssh_config") }
+// SSHConfig is the ssh config file the client's Nix commands use.
+func (c *Client) SSHConfig() string { return filepath.Join(c.Dir, "ssh_config") }
 
 // SubstituterURL is the cache as the client's nix.conf names it.
 func (c *Client) SubstituterURL() string {
@@ -98,7 +99,7 @@ func (c *Client) Environ() []string {
 		"HOME=" + c.Dir,
 		"XDG_CACHE_HOME=" + filepath.Join(c.Dir, ".cache"),
 		"NIX_CONF_DIR=" + c.ConfDir,
-		"NIX_SSHOPTS=-F " + c.sshConfig(),
+		"NIX_SSHOPTS=-F " + c.SSHConfig(),
 	}
 }
 
@@ -120,5 +121,5 @@ func (c *Client) Has(path string) bool {
 
 // SSH runs ssh to the cache account with the client's key and arguments.
 func (c *Client) SSH(args ...string) Result {
-	return Run(c.Environ(), "ssh", append([]string{"-F", c.sshConfig(), HostAlias}, args...)...)
+	return Run(c.Environ(), "ssh", append([]string{"-F", c.SSHConfig(), HostAlias}, args...)...)
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what nixcache's tests and quick start need on Debian or Ubuntu,
+# as root: Nix (with its build users), OpenSSH, and the Go modules.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v nix-daemon >/dev/null || need+=(nix-bin)
+getent group nixbld >/dev/null || need+=(nix-setup-systemd)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+if ! command -v go >/dev/null; then
+  echo "deps: Go is not installed: nixcache needs Go 1.26 or later (https://go.dev/dl/)" >&2
+  exit 1
+fi
+if ! go list -m >/dev/null 2>&1; then
+  echo "deps: 'go list' failed: Go $(go env GOVERSION) is too old for go.mod (Go 1.26 or later)" >&2
+  exit 1
+fi
+go mod download

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command, as root on Debian or Ubuntu: installs what is missing, then
+# runs a complete private cache on this machine and shows every step.
+# Pass --keep to leave it running, --protocol ssh for nix-store --serve.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+exec go run ./tests/quickstart "$@"
