@@ -15,7 +15,7 @@ func signCommand(ui *ui) *cli.Command {
 		Usage:     "sign store paths with the cache's key",
 		UsageText: "nixcache sign [--secret-key-file PATH] (--all | PATH... [--recursive]) [--dry-run] [--json]",
 		Description: `Adds the key's signature to every chosen path that lacks it, through the Nix
-daemon (which allows this to root and trusted-users only). The signature is
+daemon (before Nix 2.17 only root and trusted-users may do that). The signature is
 the one 'nix store sign' would add: Nix's fingerprint of the path
 (1;PATH;sha256:NARHASH;NARSIZE;REFERENCES) signed with ed25519. Paths that
 carry it already are left alone, so running sign again changes nothing.

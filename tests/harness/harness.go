@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -99,31 +100,54 @@ func (e *Env) start() error {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(e.Dir, "nix-daemon.log"))
-	if err != nil {
-		return err
-	}
-	defer log.Close()
-	cmd := exec.Command("nix-daemon")
 	// Not e.Environ(): with NIX_REMOTE=daemon the daemon would serve its
 	// own socket instead of the store.
-	cmd.Env = e.baseEnviron()
+	var err error
+	e.daemon, err = startDaemon(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
+	return err
+}
+
+// StartDaemon starts a nix-daemon for another store (a chroot store's URI,
+// such as "local?root=/some/dir") on socket, with the Env's configuration.
+// The returned function stops it.
+func (e *Env) StartDaemon(store, socket string) (stop func(), err error) {
+	p, err := startDaemon(e.baseEnviron(), socket, socket+".log", "--option", "store", store)
+	if err != nil {
+		return nil, err
+	}
+	return p.stop, nil
+}
+
+// startDaemon starts nix-daemon listening on socket and waits until it
+// answers the handshake.
+func startDaemon(env []string, socket, logPath string, args ...string) (*process, error) {
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd := exec.Command("nix-daemon", args...)
+	cmd.Env = append(slices.DeleteFunc(slices.Clone(env), func(s string) bool {
+		return strings.HasPrefix(s, "NIX_DAEMON_SOCKET_PATH=")
+	}), "NIX_DAEMON_SOCKET_PATH="+socket)
 	cmd.Stdout, cmd.Stderr = log, log
-	if e.daemon, err = startProcess(cmd); err != nil {
-		return err
+	p, err := startProcess(cmd)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for {
-		c, err := daemon.Dial(ctx, e.Socket)
+		c, err := daemon.Dial(ctx, socket)
 		if err == nil {
-			return c.Close()
+			return p, c.Close()
 		}
-		if exited, werr := e.daemon.hasExited(); exited {
-			return fmt.Errorf("nix-daemon exited at start (%v); see %s", werr, log.Name())
+		if exited, werr := p.hasExited(); exited {
+			return nil, fmt.Errorf("nix-daemon exited at start (%v); see %s", werr, logPath)
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("nix-daemon did not answer on %s: %v (log: %s)", e.Socket, err, log.Name())
+			p.stop()
+			return nil, fmt.Errorf("nix-daemon did not answer on %s: %v (log: %s)", socket, err, logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -1,13 +1,13 @@
 // Command signall compares `nixcache sign --all` with `nix store sign --all`
-// on the same store: it makes sure the store holds at least -paths paths,
-// then runs both tools alternately, each with a fresh key so that each does
-// the full work of signing every path, and reports the median time ratio.
+// on the same store: a fresh chroot store filled with -paths paths and served
+// by a nix-daemon of its own. It runs both tools alternately, each with a
+// fresh key so that each does the full work of signing every path, and
+// reports the median time ratio. The machine's own store is not touched.
 //
 // Run as root on a machine with Nix: go run ./tests/bench/signall
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -19,12 +19,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/tests/harness"
 )
 
 func main() {
-	paths := flag.Int("paths", 20000, "make sure the store holds at least this many paths")
+	paths := flag.Int("paths", 20000, "how many paths the store holds")
 	pairs := flag.Int("pairs", 5, "how many (nixcache, nix) pairs to time")
 	flag.Parse()
 	if err := run(*paths, *pairs); err != nil {
@@ -48,10 +47,18 @@ func run(minPaths, pairs int) error {
 	if out, err := exec.Command("go", "build", "-o", nixcache, "./cmd/nixcache").CombinedOutput(); err != nil {
 		return fmt.Errorf("building nixcache: %v\n%s", err, out)
 	}
-	total, err := fillStore(env, work, minPaths)
+	store := "local?root=" + filepath.Join(work, "root")
+	socket := filepath.Join(work, "daemon.sock")
+	total, err := fillStore(env, work, store, minPaths)
 	if err != nil {
 		return err
 	}
+	stop, err := env.StartDaemon(store, socket)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	nixcacheEnv := env.Environ("NIX_DAEMON_SOCKET_PATH=" + socket)
 	version := strings.TrimSpace(harness.Run(env.Environ(), "nix", "--version").Stdout)
 	fmt.Printf("store: %d valid paths; %s; %d CPUs\n", total, version, runtime.NumCPU())
 
@@ -62,11 +69,11 @@ func run(minPaths, pairs int) error {
 	}{
 		{"nixcache sign --all", func(k string) []string {
 			return []string{nixcache, "sign", "--all", "--secret-key-file", k}
-		}, env.Environ()},
+		}, nixcacheEnv},
 		// As root, nix store sign opens the store's database directly, the
 		// fastest way Nix has; nixcache always goes through the daemon.
 		{"nix store sign --all", func(k string) []string {
-			return []string{"nix", "--extra-experimental-features", "nix-command", "store", "sign", "--all", "--key-file", k}
+			return []string{"nix", "--extra-experimental-features", "nix-command", "--store", store, "store", "sign", "--all", "--key-file", k}
 		}, withoutRemote(env.Environ())},
 	}
 	times := make([][]time.Duration, len(tools))
@@ -105,48 +112,33 @@ func run(minPaths, pairs int) error {
 	return nil
 }
 
-// fillStore adds small content-addressed files until the store holds at
-// least n valid paths. The files are the same on every run, so a second run
-// adds nothing.
-func fillStore(env *harness.Env, work string, n int) (int, error) {
-	count := func() (int, error) {
-		c, err := daemon.Dial(context.Background(), env.Socket)
-		if err != nil {
-			return 0, err
-		}
-		defer c.Close()
-		all, err := c.QueryAllValidPaths()
-		return len(all), err
-	}
-	have, err := count()
-	if err != nil {
-		return 0, err
-	}
+// fillStore adds n small content-addressed files to the chroot store and
+// returns how many valid paths it then holds.
+func fillStore(env *harness.Env, work, store string, n int) (int, error) {
 	dir := filepath.Join(work, "fill")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return 0, err
 	}
 	const batch = 1000
-	for i := 0; have < n; i++ {
+	for i := 0; i < n; i += batch {
 		var files []string
-		for j := range batch {
-			name := filepath.Join(dir, fmt.Sprintf("nixcache-bench-%d", i*batch+j))
-			if err := os.WriteFile(name, []byte(fmt.Sprintf("nixcache benchmark path %d\n", i*batch+j)), 0o644); err != nil {
+		for j := i; j < min(n, i+batch); j++ {
+			name := filepath.Join(dir, fmt.Sprintf("nixcache-bench-%d", j))
+			if err := os.WriteFile(name, []byte(fmt.Sprintf("nixcache benchmark path %d\n", j)), 0o644); err != nil {
 				return 0, err
 			}
 			files = append(files, name)
 		}
-		if r := harness.Run(withoutRemote(env.Environ()), "nix-store", append([]string{"--add"}, files...)...); r.Err != nil {
+		r := harness.Run(withoutRemote(env.Environ()), "nix-store", append([]string{"--store", store, "--add"}, files...)...)
+		if r.Err != nil {
 			return 0, r.Err
 		}
 		for _, f := range files {
 			os.Remove(f)
 		}
-		if have, err = count(); err != nil {
-			return 0, err
-		}
 	}
-	return have, nil
+	r := harness.Run(withoutRemote(env.Environ()), "nix", "--extra-experimental-features", "nix-command", "--store", store, "path-info", "--all")
+	return len(strings.Fields(r.Stdout)), r.Err
 }
 
 func withoutRemote(env []string) []string {
