@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,11 +23,13 @@ func main() { os.Exit(main1()) }
 // main1 runs the command line and decides the exit status, in one place:
 // 0 success, 1 failure (or, for verify, paths without a trusted signature),
 // 2 a usage error.
-func main1() int {
+func main1() int { return run(os.Args, os.Stdout, os.Stderr) }
+
+func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ui := newUI(os.Stdout, os.Stderr)
-	err := newApp(ui).RunContext(ctx, os.Args)
+	ui := newUI(stdout, stderr)
+	err := newApp(ui).RunContext(ctx, args)
 	return ui.exit(err)
 }
 
