@@ -7,7 +7,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,9 +36,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(bin)
-	nixcache = filepath.Join(bin, "nixcache")
-	if out, err := exec.Command("go", "build", "-o", nixcache, "../../cmd/nixcache").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: building nixcache: %v\n%s", err, out)
+	if nixcache, err = harness.BuildNixcache(bin); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
 	return m.Run()
@@ -147,6 +145,20 @@ func TestSignedClosureSubstitutes(t *testing.T) {
 	})
 }
 
+// refused checks that substituting cl.Top fails and leaves none of cl.Paths
+// in the client's store.
+func refused(t *testing.T, client *harness.Client, what string, cl harness.Closure) {
+	t.Helper()
+	if r := client.Substitute(cl.Top); r.Err == nil {
+		t.Fatalf("%s: substitution succeeded", what)
+	}
+	for _, p := range cl.Paths {
+		if client.Has(p) {
+			t.Errorf("%s: %s entered the client store", what, p)
+		}
+	}
+}
+
 func TestUnsignedPathIsRefused(t *testing.T) {
 	eachProtocol(t, func(t *testing.T, proto harness.Protocol) {
 		c := newCache(t, proto)
@@ -164,13 +176,7 @@ func TestUnsignedPathIsRefused(t *testing.T) {
 		if r.Err == nil || strings.TrimSpace(r.Stdout) != top+": no signatures" {
 			t.Fatalf("nixcache verify: err=%v stdout=%q, want only %s unsigned", r.Err, r.Stdout, top)
 		}
-		client := c.client(t, c.publicKey)
-		if r := client.Substitute(top); r.Err == nil {
-			t.Fatalf("an unsigned path was substituted")
-		}
-		if client.Has(top) {
-			t.Fatalf("%s entered the client store without a signature", top)
-		}
+		refused(t, c.client(t, c.publicKey), "an unsigned path", harness.Closure{Top: top, Paths: []string{top}})
 	})
 }
 
@@ -181,15 +187,7 @@ func TestForeignKeyIsRefused(t *testing.T) {
 		sign(t, c.secretKey, "--recursive", closure.Top)
 		// The client trusts another key, even one with the cache's key name.
 		_, other := keygen(t, strings.SplitN(c.publicKey, ":", 2)[0])
-		client := c.client(t, other)
-		if r := client.Substitute(closure.Top); r.Err == nil {
-			t.Fatalf("a path signed by a key the client does not trust was substituted")
-		}
-		for _, p := range closure.Paths {
-			if client.Has(p) {
-				t.Errorf("%s entered the client store", p)
-			}
-		}
+		refused(t, c.client(t, other), "a closure signed by a key the client does not trust", closure)
 	})
 }
 
@@ -207,12 +205,7 @@ func TestUnauthorizedClientIsRefused(t *testing.T) {
 		if err := c.server.Authorize(other.PublicKey); err != nil {
 			t.Fatal(err)
 		}
-		if r := client.Substitute(closure.Top); r.Err == nil {
-			t.Fatalf("a client whose key is not authorized substituted from the cache")
-		}
-		if client.Has(closure.Top) {
-			t.Fatalf("%s entered the client store", closure.Top)
-		}
+		refused(t, client, "a client whose key is not authorized", closure)
 		r := client.SSH("true")
 		if r.Err == nil || !strings.Contains(r.Stderr, "Permission denied") {
 			t.Fatalf("ssh with an unauthorized key: err=%v stderr=%q, want permission denied", r.Err, r.Stderr)

@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -51,4 +52,14 @@ func (e *Env) Build(n int) (Closure, error) {
 		return Closure{}, fmt.Errorf("built %s with %d paths in its closure, want %d", top, len(paths), n)
 	}
 	return Closure{Top: top, Paths: paths}, nil
+}
+
+// BuildNixcache builds the nixcache command into dir and returns its path.
+func BuildNixcache(dir string) (string, error) {
+	bin := filepath.Join(dir, "nixcache")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/nixcache/nixcache/cmd/nixcache").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("building nixcache: %v\n%s", err, out)
+	}
+	return bin, nil
 }

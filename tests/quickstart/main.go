@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -56,9 +55,9 @@ func run(proto harness.Protocol, keep bool) error {
 	defer os.RemoveAll(dir)
 
 	step("building nixcache")
-	nixcache := filepath.Join(dir, "nixcache")
-	if out, err := exec.Command("go", "build", "-o", nixcache, "./cmd/nixcache").CombinedOutput(); err != nil {
-		return fmt.Errorf("%v\n%s", err, out)
+	nixcache, err := harness.BuildNixcache(dir)
+	if err != nil {
+		return err
 	}
 
 	step("server: nixcache keygen (the secret key stays on the server, mode 0600)")

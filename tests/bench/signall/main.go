@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -43,9 +42,9 @@ func run(minPaths, pairs int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	nixcache := filepath.Join(work, "nixcache")
-	if out, err := exec.Command("go", "build", "-o", nixcache, "./cmd/nixcache").CombinedOutput(); err != nil {
-		return fmt.Errorf("building nixcache: %v\n%s", err, out)
+	nixcache, err := harness.BuildNixcache(work)
+	if err != nil {
+		return err
 	}
 	store := "local?root=" + filepath.Join(work, "root")
 	socket := filepath.Join(work, "daemon.sock")
