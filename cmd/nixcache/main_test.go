@@ -61,6 +61,7 @@ func TestScripts(t *testing.T) {
 			"build-closure": cmdBuildClosure,
 			"copy-sigs":     cmdCopySigs,
 			"env-from-file": cmdEnvFromFile,
+			"store-daemon":  cmdStoreDaemon,
 			"to-crlf":       cmdToCRLF,
 		},
 		RequireExplicitExec: true,
@@ -127,4 +128,22 @@ func cmdToCRLF(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	text := strings.ReplaceAll(ts.ReadFile(args[0]), "\n", "\r\n")
 	ts.Check(os.WriteFile(ts.MkAbs(args[1]), []byte(text), 0o600))
+}
+
+// store-daemon starts a nix-daemon for a fresh chroot store under $WORK and
+// points NIX_DAEMON_SOCKET_PATH at it, so that --all covers exactly what
+// the script puts there; $STORE is the store's URI for Nix's own commands.
+// The daemon stops when the script ends.
+func cmdStoreDaemon(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: store-daemon")
+	}
+	work := ts.Getenv("WORK")
+	store := "local?root=" + filepath.Join(work, "store-root")
+	socket := filepath.Join(work, "store.sock")
+	stop, err := env.StartDaemon(store, socket)
+	ts.Check(err)
+	ts.Defer(stop)
+	ts.Setenv("STORE", store)
+	ts.Setenv("NIX_DAEMON_SOCKET_PATH", socket)
 }

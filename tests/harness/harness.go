@@ -199,7 +199,7 @@ func RunInput(env []string, stdin []byte, name string, args ...string) Result {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	// Kill the whole group on timeout: ssh and Nix spawn helpers.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = ownGroup()
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()

@@ -14,7 +14,7 @@ type process struct {
 }
 
 func startProcess(cmd *exec.Cmd) (*process, error) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = ownGroup()
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -32,6 +32,12 @@ func (p *process) hasExited() (bool, error) {
 	default:
 		return false, nil
 	}
+}
+
+// ownGroup puts a child in a process group of its own, and has the kernel
+// end it if the test binary dies without cleaning up (a -timeout panic).
+func ownGroup() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 }
 
 // stop ends the process group by PID: SIGTERM, then SIGKILL after 5s.
