@@ -4,5 +4,7 @@
 # Pass --keep to leave it running, --protocol ssh for nix-store --serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# sshd and nix-daemon live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 scripts/deps.sh
 exec go run ./tests/quickstart "$@"

@@ -2,6 +2,8 @@
 # Runs every check and test, against the real nix-daemon and sshd. As root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# sshd and nix-daemon live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 scripts/deps.sh
 
