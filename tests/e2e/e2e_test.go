@@ -36,6 +36,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(bin)
+	// Readable by the unprivileged user of TestUntrustedUserCannotSign.
+	if err := os.Chmod(bin, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	if nixcache, err = harness.BuildNixcache(bin); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -236,4 +241,59 @@ func TestCacheAccountHasNoShell(t *testing.T) {
 			t.Errorf("sshd granted a terminal; ssh said %q", r.Stderr)
 		}
 	})
+}
+
+// Before Nix 2.17 the daemon lets only trusted users add signatures; nixcache
+// says so and what to do. From 2.17 on any user may (clients still check
+// the signatures against their own trusted keys).
+func TestUntrustedUserCannotSign(t *testing.T) {
+	closure := build(t, 1)
+	dir, err := os.MkdirTemp("", "nixcache-untrusted-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := keygen(t, "untrusted-1")
+	key := filepath.Join(dir, "secret-key")
+	data, err := os.ReadFile(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	if err := os.WriteFile(key, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(key, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	r := harness.Run(env.Environ(), "setpriv", "--reuid", fmt.Sprint(nobody), "--regid", fmt.Sprint(nobody), "--clear-groups",
+		nixcache, "sign", "--secret-key-file", key, closure.Top)
+	version := daemonVersion(t)
+	if olderThan(version, 2, 17) {
+		if r.Err == nil || !strings.Contains(r.Stderr, "does not trust this user") ||
+			!strings.Contains(r.Stderr, "hint: run as root, or add this user to trusted-users") {
+			t.Fatalf("Nix %s: an untrusted user's sign: err=%v stderr=%q, want a refusal with a hint", version, r.Err, r.Stderr)
+		}
+	} else if r.Err != nil {
+		t.Fatalf("Nix %s lets any user add signatures, yet sign failed: %v", version, r.Err)
+	}
+}
+
+func daemonVersion(t *testing.T) string {
+	t.Helper()
+	r := harness.Run(env.Environ(), "nix-store", "--version")
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	return strings.TrimPrefix(strings.TrimSpace(r.Stdout), "nix-store (Nix) ")
+}
+
+// olderThan compares the major and minor parts of a Nix version.
+func olderThan(version string, major, minor int) bool {
+	var ma, mi int
+	fmt.Sscanf(version, "%d.%d", &ma, &mi)
+	return ma < major || ma == major && mi < minor
 }
