@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,17 +24,11 @@ func TestMain(m *testing.M) {
 	})
 }
 
+// withHarness starts the harness only in the test process, not in the
+// copies of it that testscript runs as the nixcache command.
 type withHarness struct{ m *testing.M }
 
-func (w withHarness) Run() int {
-	var err error
-	if env, err = harness.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "harness:", err)
-		return 1
-	}
-	defer env.Close()
-	return w.m.Run()
-}
+func (w withHarness) Run() int { return harness.RunTests(w.m, &env) }
 
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{

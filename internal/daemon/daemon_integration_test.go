@@ -21,19 +21,7 @@ import (
 
 var env *harness.Env
 
-func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	var err error
-	if env, err = harness.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "harness:", err)
-		return 1
-	}
-	defer env.Close()
-	return m.Run()
-}
+func TestMain(m *testing.M) { os.Exit(harness.RunTests(m, &env)) }
 
 func dial(t *testing.T) *daemon.Conn {
 	t.Helper()

@@ -24,12 +24,6 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	var err error
-	if env, err = harness.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	defer env.Close()
 	bin, err := os.MkdirTemp("", "nixcache-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -45,7 +39,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	return m.Run()
+	return harness.RunTests(m, &env)
 }
 
 // cache is a server with a signing key, as an admin sets one up.

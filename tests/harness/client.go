@@ -94,13 +94,7 @@ func (c *Client) UseCache(trustedKeys ...string) error {
 // nix.conf, and ssh told to use the client's ssh config (as root's
 // ~/.ssh/config would be on a real client).
 func (c *Client) Environ() []string {
-	return []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + c.Dir,
-		"XDG_CACHE_HOME=" + filepath.Join(c.Dir, ".cache"),
-		"NIX_CONF_DIR=" + c.ConfDir,
-		"NIX_SSHOPTS=-F " + c.SSHConfig(),
-	}
+	return nixEnviron(c.Dir, c.ConfDir, "NIX_SSHOPTS=-F "+c.SSHConfig())
 }
 
 // Nix runs a Nix command against the client's store.

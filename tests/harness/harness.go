@@ -167,13 +167,31 @@ func (e *Env) Environ(extra ...string) []string {
 }
 
 func (e *Env) baseEnviron() []string {
-	return []string{
+	return nixEnviron(e.Home, e.ConfDir, "NIX_DAEMON_SOCKET_PATH="+e.Socket)
+}
+
+// nixEnviron is a minimal environment for Nix commands of a machine whose
+// HOME and nix.conf directory are given, so nothing reaches /root or /etc/nix.
+func nixEnviron(home, confDir string, extra ...string) []string {
+	return append([]string{
 		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + e.Home,
-		"XDG_CACHE_HOME=" + filepath.Join(e.Home, ".cache"),
-		"NIX_CONF_DIR=" + e.ConfDir,
-		"NIX_DAEMON_SOCKET_PATH=" + e.Socket,
+		"HOME=" + home,
+		"XDG_CACHE_HOME=" + filepath.Join(home, ".cache"),
+		"NIX_CONF_DIR=" + confDir,
+	}, extra...)
+}
+
+// RunTests is TestMain's body for packages that use the harness: it starts
+// an Env, sets *env, runs the tests and cleans up.
+func RunTests(m interface{ Run() int }, env **Env) int {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		return 1
 	}
+	defer e.Close()
+	*env = e
+	return m.Run()
 }
 
 // Result is a finished command.
