@@ -37,6 +37,7 @@ const (
 // process, one operation at a time; a Conn is not safe for concurrent use.
 type Conn struct {
 	nc      net.Conn
+	unwatch func() bool // stops closing nc when the Dial context ends
 	r       *bufio.Reader
 	w       *bufio.Writer
 	version Version
@@ -111,12 +112,17 @@ func Dial(ctx context.Context, socketPath string) (*Conn, error) {
 		nc.Close()
 		return nil, err
 	}
-	context.AfterFunc(ctx, func() { nc.Close() })
+	c.unwatch = context.AfterFunc(ctx, func() { nc.Close() })
 	return c, nil
 }
 
 // Close ends the connection; the daemon process serving it exits.
-func (c *Conn) Close() error { return c.nc.Close() }
+func (c *Conn) Close() error {
+	if c.unwatch != nil {
+		c.unwatch()
+	}
+	return c.nc.Close()
+}
 
 // Version is the negotiated protocol version: the lower of the two sides'.
 func (c *Conn) Version() Version { return c.version }
