@@ -5,9 +5,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -29,8 +31,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ui := newUI(stdout, stderr)
-	err := newApp(ui).RunContext(ctx, args)
+	app := newApp(ui)
+	err := app.RunContext(ctx, args)
+	if isUsage(err) {
+		err = withHint(err, fmt.Sprintf("run '%s --help' for usage", commandPath(app, args)))
+	}
 	return ui.exit(err)
+}
+
+// commandPath is the command line up to the (sub)command that ran, such as
+// "nixcache key public", for hints.
+func commandPath(app *cli.App, args []string) string {
+	path := []string{app.Name}
+	cmds := app.Commands
+	for _, a := range args[1:] {
+		for _, c := range cmds {
+			if c.Name == a {
+				path = append(path, a)
+				cmds = c.Subcommands
+				break
+			}
+		}
+	}
+	return strings.Join(path, " ")
 }
 
 func newApp(ui *ui) *cli.App {

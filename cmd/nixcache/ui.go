@@ -63,9 +63,16 @@ func (u *ui) exit(err error) int {
 		return 1
 	}
 	fmt.Fprintf(u.stderr, "nixcache: %v\n", err)
-	var h hinted
-	if errors.As(err, &h) {
-		for _, s := range h.hints {
+	// Hints attached deeper in the chain are the more specific: print them
+	// first.
+	var layers [][]string
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if h, ok := e.(hinted); ok {
+			layers = append(layers, h.hints)
+		}
+	}
+	for i := len(layers) - 1; i >= 0; i-- {
+		for _, s := range layers[i] {
 			u.hint("%s", s)
 		}
 	}
@@ -73,7 +80,6 @@ func (u *ui) exit(err error) int {
 		u.hint("%s", s)
 	}
 	if isUsage(err) {
-		u.hint("run 'nixcache --help' or 'nixcache COMMAND --help' for usage")
 		return 2
 	}
 	return 1
