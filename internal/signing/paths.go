@@ -21,8 +21,9 @@ import (
 // Store says how to reach the daemon and how hard to work it.
 type Store struct {
 	Socket string
-	// Conns is how many daemon connections to use at once; each is served
-	// by its own daemon process. Zero picks a default from the CPU count.
+	// Conns is how many daemon connections read path info at once (Sign
+	// opens one more to write); each is served by its own daemon process.
+	// Zero picks a default from the CPU count.
 	Conns int
 	// Progress, when set, is called from worker goroutines as paths are done.
 	Progress func(done, total int)

@@ -44,7 +44,7 @@ func (s Store) Sign(ctx context.Context, key nixkey.SecretKey, paths []string, d
 	rep := &SignReport{Key: key.Name(), DryRun: dryRun, Signed: []string{}, Skipped: []Skipped{}}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var mu sync.Mutex // guards rep
+	var mu sync.Mutex // guards rep.Skipped and rep.AlreadySigned
 	todo := make(chan daemon.Signing, 1024)
 	writerDone := make(chan struct{})
 	if dryRun {
