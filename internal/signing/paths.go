@@ -21,10 +21,6 @@ import (
 // Store says how to reach the daemon and how hard to work it.
 type Store struct {
 	Socket string
-	// Conns is how many daemon connections read path info at once (Sign
-	// opens one more to write); each is served by its own daemon process.
-	// Zero picks a default from the CPU count.
-	Conns int
 	// Progress, when set, is called from worker goroutines as paths are done.
 	Progress func(done, total int)
 }
@@ -33,11 +29,11 @@ func (s Store) dial(ctx context.Context) (*daemon.Conn, error) {
 	return daemon.Dial(ctx, s.Socket)
 }
 
+// conns is how many connections read the path info of n paths at once
+// (Sign opens one more to write); each is served by a daemon process of its
+// own, so more than the CPUs can run brings nothing.
 func (s Store) conns(n int) int {
-	c := s.Conns
-	if c <= 0 {
-		c = min(4, max(2, runtime.NumCPU()))
-	}
+	c := min(4, max(2, runtime.NumCPU()))
 	// A connection costs a daemon process; small jobs do not need many.
 	return max(1, min(c, n/256+1))
 }
