@@ -115,11 +115,12 @@ func TestRealDaemonPipelinedSignatures(t *testing.T) {
 	// Only valid paths: Nix 2.8's daemon dereferences a null path info when
 	// asked to sign a missing path, and its connection process dies.
 	sig := "test-only-1:" + strings.Repeat("A", 86) + "=="
-	reqs := []daemon.Signing{{Path: cl.Paths[0]}, {Path: cl.Paths[1]}, {Path: cl.Paths[2]}}
-	for i := range reqs {
-		reqs[i].Sigs = []string{sig}
+	reqs := make(chan daemon.Signing, 3)
+	for _, p := range cl.Paths[:3] {
+		reqs <- daemon.Signing{Path: p, Sigs: []string{sig}}
 	}
-	err = c.AddSignaturesBatch(reqs, func(i int, err error) error { return err })
+	close(reqs)
+	err = c.AddSignaturesStream(context.Background(), reqs, func(_ daemon.Signing, err error) error { return err })
 	if err != nil {
 		t.Fatal(err)
 	}

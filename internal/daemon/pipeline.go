@@ -10,9 +10,10 @@ import (
 // back in order. The operations below do that, which turns one round trip
 // per path into one per batch.
 //
-// An operation that fails inside the daemon (a *RemoteError) leaves the
-// connection usable, and its error is handed to the callback; any other
-// error ends the batch and leaves the Conn unusable.
+// An operation that fails inside the daemon (a *RemoteError) or finds no
+// such path (ErrNotValid) leaves the connection usable, and its error is
+// handed to the callback; any other error ends the batch and leaves the Conn
+// unusable.
 
 // QueryPathInfos asks for the metadata of every path in paths, calling
 // each(i, info, err) in order with ErrNotValid or a *RemoteError as err for
@@ -24,16 +25,10 @@ func (c *Conn) QueryPathInfos(paths []string, each func(i int, info *PathInfo, e
 			var info *PathInfo
 			err := c.readReply(func() (err error) {
 				info, err = c.readPathInfoReply(paths[i])
-				if errors.Is(err, ErrNotValid) {
-					return nil
-				}
 				return err
 			})
 			if isFatal(err) {
 				return err
-			}
-			if err == nil && info == nil {
-				err = ErrNotValid
 			}
 			return each(i, info, err)
 		})
@@ -45,14 +40,6 @@ type Signing struct {
 	Sigs []string
 }
 
-// AddSignaturesBatch adds signatures to many paths, calling each(i, err) in
-// order with a *RemoteError for paths the daemon refused.
-func (c *Conn) AddSignaturesBatch(reqs []Signing, each func(i int, err error) error) error {
-	return stream(context.Background(), c, feed(reqs),
-		func(w *errWriter, i int) { writeAddSignatures(w, reqs[i].Path, reqs[i].Sigs) },
-		func(i int) error { return c.addSignaturesResult(func(err error) error { return each(i, err) }) })
-}
-
 // AddSignaturesStream sends each request that arrives on reqs as soon as it
 // arrives, so that signing can overlap with reading path info elsewhere, and
 // calls each with its result in order. It returns once reqs is closed and
@@ -60,20 +47,19 @@ func (c *Conn) AddSignaturesBatch(reqs []Signing, each func(i int, err error) er
 func (c *Conn) AddSignaturesStream(ctx context.Context, reqs <-chan Signing, each func(Signing, error) error) error {
 	return stream(ctx, c, reqs,
 		func(w *errWriter, r Signing) { writeAddSignatures(w, r.Path, r.Sigs) },
-		func(r Signing) error { return c.addSignaturesResult(func(err error) error { return each(r, err) }) })
+		func(r Signing) error {
+			err := c.readReply(c.readAddSignaturesReply)
+			if isFatal(err) {
+				return err
+			}
+			return each(r, err)
+		})
 }
 
-func (c *Conn) addSignaturesResult(each func(error) error) error {
-	err := c.readReply(c.readAddSignaturesReply)
-	if isFatal(err) {
-		return err
-	}
-	return each(err)
-}
-
+// isFatal reports whether err leaves the connection unusable.
 func isFatal(err error) bool {
 	var re *RemoteError
-	return err != nil && !errors.As(err, &re)
+	return err != nil && !errors.As(err, &re) && !errors.Is(err, ErrNotValid)
 }
 
 // feed returns a closed channel holding the indexes of items.

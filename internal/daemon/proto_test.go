@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -290,6 +291,16 @@ func TestStderrMessagesAndErrors(t *testing.T) {
 	}
 }
 
+// feedSignings returns a closed channel holding reqs.
+func feedSignings(reqs []Signing) <-chan Signing {
+	ch := make(chan Signing, len(reqs))
+	for _, r := range reqs {
+		ch <- r
+	}
+	close(ch)
+	return ch
+}
+
 func TestPipelinedBatchKeepsOrderAndPerPathErrors(t *testing.T) {
 	const n = 3000 // more than a socket buffer holds, to catch a deadlock
 	c := fakeDaemon(t, v(34), func(p *peer, _ Version) {
@@ -311,13 +322,18 @@ func TestPipelinedBatchKeepsOrderAndPerPathErrors(t *testing.T) {
 		reqs[i] = Signing{Path: fmt.Sprintf("/nix/store/%032d-p", i), Sigs: []string{strings.Repeat("s", 100)}}
 	}
 	var failed []int
-	err := c.AddSignaturesBatch(reqs, func(i int, err error) error {
+	i := 0
+	err := c.AddSignaturesStream(context.Background(), feedSignings(reqs), func(r Signing, err error) error {
+		if r.Path != reqs[i].Path {
+			t.Errorf("reply %d is for %s, want %s", i, r.Path, reqs[i].Path)
+		}
 		if err != nil {
 			if !strings.Contains(err.Error(), reqs[i].Path) {
 				t.Errorf("error for %d names another path: %v", i, err)
 			}
 			failed = append(failed, i)
 		}
+		i++
 		return nil
 	})
 	if err != nil {
@@ -341,7 +357,7 @@ func TestPipelineStopsWhenTheDaemonHangsUp(t *testing.T) {
 		reqs[i] = Signing{Path: "/nix/store/p", Sigs: []string{"k:s"}}
 	}
 	calls := 0
-	err := c.AddSignaturesBatch(reqs, func(int, error) error { calls++; return nil })
+	err := c.AddSignaturesStream(context.Background(), feedSignings(reqs), func(Signing, error) error { calls++; return nil })
 	if err == nil {
 		t.Fatal("a batch whose daemon hung up succeeded")
 	}
