@@ -5,12 +5,14 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/tests/harness"
 )
 
@@ -20,26 +22,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	bin, err := os.MkdirTemp("", "nixcache-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	defer os.RemoveAll(bin)
-	// Readable by the unprivileged user of TestUntrustedUserCannotSign.
-	if err := os.Chmod(bin, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	if nixcache, err = harness.BuildNixcache(bin); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	return harness.RunTests(m, &env)
+	os.Exit(harness.RunTests(m, &env, func(e *harness.Env) (err error) {
+		nixcache, err = e.BuildNixcache()
+		return err
+	}))
 }
 
 // cache is a server with a signing key, as an admin sets one up.
@@ -276,13 +262,18 @@ func TestUntrustedUserCannotSign(t *testing.T) {
 	}
 }
 
+// daemonVersion is the Nix version the daemon announces in its handshake.
 func daemonVersion(t *testing.T) string {
 	t.Helper()
-	r := harness.Run(env.Environ(), "nix-store", "--version")
-	if r.Err != nil {
-		t.Fatal(r.Err)
+	c, err := daemon.Dial(context.Background(), env.Socket)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return strings.TrimPrefix(strings.TrimSpace(r.Stdout), "nix-store (Nix) ")
+	defer c.Close()
+	if c.DaemonNixVersion == "" {
+		t.Fatalf("daemon at protocol %s does not say its Nix version", c.DaemonVersion)
+	}
+	return c.DaemonNixVersion
 }
 
 // olderThan compares the major and minor parts of a Nix version.

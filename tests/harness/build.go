@@ -2,7 +2,6 @@ package harness
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -33,11 +32,7 @@ type Closure struct {
 
 // Build builds a fresh closure of n paths through the private daemon.
 func (e *Env) Build(n int) (Closure, error) {
-	expr := filepath.Join(e.Dir, "closure.nix")
-	if err := os.WriteFile(expr, []byte(closureExpr), 0o644); err != nil {
-		return Closure{}, err
-	}
-	r := Run(e.Environ(), "nix-build", "--no-out-link", "--quiet", expr,
+	r := Run(e.Environ(), "nix-build", "--no-out-link", "--quiet", e.closureExpr(),
 		"--argstr", "nonce", Nonce(), "--arg", "n", strconv.Itoa(n))
 	if r.Err != nil {
 		return Closure{}, r.Err
@@ -54,9 +49,12 @@ func (e *Env) Build(n int) (Closure, error) {
 	return Closure{Top: top, Paths: paths}, nil
 }
 
-// BuildNixcache builds the nixcache command into dir and returns its path.
-func BuildNixcache(dir string) (string, error) {
-	bin := filepath.Join(dir, "nixcache")
+func (e *Env) closureExpr() string { return filepath.Join(e.Dir, "closure.nix") }
+
+// BuildNixcache builds the nixcache command into the Env's directory, which
+// every user may read, and returns its path.
+func (e *Env) BuildNixcache() (string, error) {
+	bin := filepath.Join(e.Dir, "nixcache")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/nixcache/nixcache/cmd/nixcache").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("building nixcache: %v\n%s", err, out)

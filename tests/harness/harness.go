@@ -94,6 +94,9 @@ func (e *Env) start() error {
 	if err := os.WriteFile(filepath.Join(e.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
+	if err := os.WriteFile(e.closureExpr(), []byte(closureExpr), 0o644); err != nil {
+		return err
+	}
 	// sshd's privilege separation directory, which the openssh-server
 	// service makes at boot; without systemd nobody has. It stays: test
 	// binaries run in parallel and share it, and it lives in /run.
@@ -182,8 +185,8 @@ func nixEnviron(home, confDir string, extra ...string) []string {
 }
 
 // RunTests is TestMain's body for packages that use the harness: it starts
-// an Env, sets *env, runs the tests and cleans up.
-func RunTests(m interface{ Run() int }, env **Env) int {
+// an Env, sets *env, runs setup (if any) and the tests, and cleans up.
+func RunTests(m interface{ Run() int }, env **Env, setup ...func(*Env) error) int {
 	e, err := Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
@@ -191,6 +194,12 @@ func RunTests(m interface{ Run() int }, env **Env) int {
 	}
 	defer e.Close()
 	*env = e
+	for _, f := range setup {
+		if err := f(e); err != nil {
+			fmt.Fprintln(os.Stderr, "harness:", err)
+			return 1
+		}
+	}
 	return m.Run()
 }
 
@@ -202,20 +211,12 @@ type Result struct {
 
 // Run runs a command with env, bounded by CommandTimeout.
 func Run(env []string, name string, args ...string) Result {
-	return RunInput(env, nil, name, args...)
-}
-
-// RunInput is Run with standard input.
-func RunInput(env []string, stdin []byte, name string, args ...string) Result {
 	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
 	// Kill the whole group on timeout: ssh and Nix spawn helpers.
 	cmd.SysProcAttr = ownGroup()
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }

@@ -55,7 +55,7 @@ func run(proto harness.Protocol, keep bool) error {
 	defer os.RemoveAll(dir)
 
 	step("building nixcache")
-	nixcache, err := harness.BuildNixcache(dir)
+	nixcache, err := env.BuildNixcache()
 	if err != nil {
 		return err
 	}

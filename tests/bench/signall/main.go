@@ -42,7 +42,7 @@ func run(minPaths, pairs int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	nixcache, err := harness.BuildNixcache(work)
+	nixcache, err := env.BuildNixcache()
 	if err != nil {
 		return err
 	}
