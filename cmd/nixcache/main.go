@@ -68,8 +68,11 @@ clients accept them, and checks signatures. Commands talk to the Nix daemon
 Defaults come from a TOML file: --config, else $NIXCACHE_CONFIG, else
 /etc/nixcache/config.toml if it exists. Settings: key-name, secret-key-file
 (default /var/lib/nixcache/secret-key), public-key-file, trusted-public-keys.`,
-		Flags:           []cli.Flag{configFlag()},
-		Commands:        []*cli.Command{keygenCommand(ui), keyCommand(ui), signCommand(ui), verifyCommand(ui)},
+		Flags: []cli.Flag{configFlag()},
+		Commands: []*cli.Command{
+			keygenCommand(ui), keyCommand(ui), signCommand(ui), verifyCommand(ui),
+			clientsCommand(ui), clientCommand(ui),
+		},
 		Writer:          ui.stdout,
 		ErrWriter:       ui.stderr,
 		HideHelpCommand: true,
