@@ -36,7 +36,7 @@ const (
 // Conn is one connection to the daemon. Nix serves each connection in its own
 // process, one operation at a time; a Conn is not safe for concurrent use.
 type Conn struct {
-	nc      net.Conn
+	nc      io.ReadWriteCloser
 	unwatch func() bool // stops closing nc when the Dial context ends
 	r       *bufio.Reader
 	w       *bufio.Writer
@@ -98,21 +98,28 @@ func Dial(ctx context.Context, socketPath string) (*Conn, error) {
 		}
 		return nil, &DialError{Path: socketPath, Err: err}
 	}
+	return Handshake(ctx, nc)
+}
+
+// Handshake speaks the worker protocol over an established stream, such as
+// `nix-daemon --stdio` at the other end of an SSH session (an ssh-ng://
+// store). The Conn owns rwc and closes it.
+func Handshake(ctx context.Context, rwc io.ReadWriteCloser) (*Conn, error) {
 	c := &Conn{
-		nc: nc,
-		r:  bufio.NewReaderSize(nc, 64<<10),
-		w:  bufio.NewWriterSize(nc, 64<<10),
+		nc: rwc,
+		r:  bufio.NewReaderSize(rwc, 64<<10),
+		w:  bufio.NewWriterSize(rwc, 64<<10),
 	}
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
-	err = c.handshake()
+	stop := context.AfterFunc(ctx, func() { rwc.Close() })
+	err := c.handshake()
 	if !stop() {
 		err = ctx.Err()
 	}
 	if err != nil {
-		nc.Close()
+		rwc.Close()
 		return nil, err
 	}
-	c.unwatch = context.AfterFunc(ctx, func() { nc.Close() })
+	c.unwatch = context.AfterFunc(ctx, func() { rwc.Close() })
 	return c, nil
 }
 

@@ -38,6 +38,18 @@ func (c *Conn) IsValidPath(path string) (bool, error) {
 	return valid, err
 }
 
+// EnsurePath makes path valid, substituting it if needed; the daemon's
+// substituters and trusted keys decide where from and whether to accept it.
+func (c *Conn) EnsurePath(path string) error {
+	return c.do(func(w *errWriter) {
+		w.uint(opEnsurePath)
+		w.string(path)
+	}, func() error {
+		_, err := wire.ReadUint64(c.r) // always 1
+		return err
+	})
+}
+
 // QueryAllValidPaths lists every valid path in the store.
 func (c *Conn) QueryAllValidPaths() ([]string, error) {
 	var paths []string

@@ -34,6 +34,7 @@ const (
 // Operation codes from Nix's worker-protocol.hh.
 const (
 	opIsValidPath        = 1
+	opEnsurePath         = 10
 	opQueryAllValidPaths = 23
 	opQueryPathInfo      = 26
 	opQueryValidPaths    = 31

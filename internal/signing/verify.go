@@ -36,7 +36,7 @@ func (s Store) Verify(ctx context.Context, keys []nixkey.PublicKey, paths []stri
 		if err != nil {
 			why = reason(err)
 		} else {
-			why = untrustedReason(info, keys)
+			why = UntrustedReason(info, keys)
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -54,9 +54,9 @@ func (s Store) Verify(ctx context.Context, keys []nixkey.PublicKey, paths []stri
 	return rep, nil
 }
 
-// untrustedReason is "" when info has a valid signature by one of keys, and
+// UntrustedReason is "" when info has a valid signature by one of keys, and
 // otherwise says what is wrong.
-func untrustedReason(info *daemon.PathInfo, keys []nixkey.PublicKey) string {
+func UntrustedReason(info *daemon.PathInfo, keys []nixkey.PublicKey) string {
 	if len(info.Sigs) == 0 {
 		return "no signatures"
 	}
