@@ -41,16 +41,22 @@ func ownGroup() *syscall.SysProcAttr {
 }
 
 // stop ends the process group by PID: SIGTERM, then SIGKILL after 5s.
+// Stopping a stopped process does nothing.
 func (p *process) stop() {
 	if p == nil {
 		return
 	}
+	if exited, _ := p.hasExited(); exited {
+		return
+	}
 	pid := p.cmd.Process.Pid
 	syscall.Kill(-pid, syscall.SIGTERM)
+	var err error
 	select {
-	case <-p.exited:
+	case err = <-p.exited:
 	case <-time.After(5 * time.Second):
 		syscall.Kill(-pid, syscall.SIGKILL)
-		<-p.exited
+		err = <-p.exited
 	}
+	p.exited <- err
 }

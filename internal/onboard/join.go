@@ -1,0 +1,336 @@
+// Package onboard joins a client machine to a cache and diagnoses it: it
+// plans every change (nix.conf, root's ssh files, the daemon's key) before
+// making any, so that a refusal or a dry run leaves the machine as it was.
+package onboard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rogpeppe/go-internal/diff"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixcache/nixcache/internal/atomicfile"
+	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/internal/nixconf"
+	"github.com/nixcache/nixcache/internal/nixkey"
+	"github.com/nixcache/nixcache/internal/sshconf"
+)
+
+// Locations are where join and doctor look; the defaults are the real ones,
+// and tests point them elsewhere.
+type Locations struct {
+	NixConfDir string      // default $NIX_CONF_DIR, else /etc/nix
+	SSHDir     sshconf.Dir // default root's ~/.ssh
+	Socket     string      // the daemon's socket
+}
+
+// DefaultNixConfDir is where Nix reads nix.conf, as Nix decides it.
+func DefaultNixConfDir() string {
+	if d := os.Getenv("NIX_CONF_DIR"); d != "" {
+		return d
+	}
+	return "/etc/nix"
+}
+
+// HostKeySource is how join learns the cache's host key; exactly one field
+// is set.
+type HostKeySource struct {
+	Line        string // the key itself
+	Fingerprint string // "SHA256:...", checked against what the server presents
+	TOFU        bool   // whatever the server presents, on explicit request
+}
+
+// JoinRequest is what `nixcache client join` was asked.
+type JoinRequest struct {
+	Cache     sshconf.URL
+	PublicKey nixkey.PublicKey
+	HostKey   HostKeySource
+	// Machine names this machine in the key's comment.
+	Machine string
+	Loc     Locations
+}
+
+// FileChange is a planned write of one file.
+type FileChange struct {
+	Path     string
+	Old, New []byte
+	Exists   bool
+	Mode     fs.FileMode
+	// Backup asks for a copy of the old file before it is replaced: for
+	// files that are not nixcache's own.
+	Backup bool
+}
+
+// Diff is the change as a unified diff.
+func (f FileChange) Diff() string {
+	old := "/dev/null"
+	if f.Exists {
+		old = f.Path
+	}
+	return string(diff.Diff(old, f.Old, f.Path, f.New))
+}
+
+// Plan is everything join will do.
+type Plan struct {
+	Req       JoinRequest
+	Cache     sshconf.Cache
+	Config    *nixconf.Config
+	HostKey   ssh.PublicKey
+	Presented []ssh.PublicKey // what the server presented, if it was asked
+	// CreateKey says the daemon's ssh key does not exist yet; ClientKey is
+	// its public half once it does.
+	CreateKey  bool
+	ClientKey  ssh.PublicKey
+	KeyComment string
+	SSHFiles   []FileChange
+	NixConf    []nixconf.Change
+	// HostKeyUnchecked is set when the server could not be reached to
+	// confirm a host key given as a line.
+	HostKeyUnchecked error
+}
+
+// Changed reports whether applying the plan would change anything.
+func (p *Plan) Changed() bool {
+	return p.CreateKey || len(p.SSHFiles) > 0 || len(p.NixConf) > 0
+}
+
+// PlanJoin works out every change join makes, touching nothing. It fails
+// before any change on a host key that does not match, on a nix.conf it
+// cannot parse or edit, and on an unusable existing key.
+func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
+	p := &Plan{Req: req}
+	loc := req.Loc
+	var err error
+	if p.Config, err = nixconf.Load(loc.NixConfDir); err != nil {
+		return nil, err
+	}
+	if err := p.resolveHostKey(ctx); err != nil {
+		return nil, err
+	}
+	p.Cache = sshconf.Cache{URL: req.Cache.Substituter(), Target: req.Cache.Target, PublicKey: req.PublicKey.String()}
+
+	// nix.conf first: a read-only one (NixOS, nix-darwin) stops here, with
+	// the host key known for the module snippet.
+	opt := nixconf.EditOptions{
+		GenericExtra: genericExtra(ctx, loc.Socket, p.Config),
+		Comment:      "added by nixcache client join for " + p.Cache.URL,
+	}
+	p.NixConf, err = p.Config.Add(map[string][]string{
+		"substituters":        {p.Cache.URL},
+		"trusted-public-keys": {p.Cache.PublicKey},
+	}, opt)
+	if err != nil {
+		return p, err
+	}
+
+	dir := loc.SSHDir
+	p.ClientKey, err = sshconf.ReadKey(dir.KeyFile())
+	switch {
+	case sshconf.IsNotExist(err):
+		p.CreateKey = true
+		p.KeyComment = "nixcache@" + req.Machine
+	case err != nil:
+		return nil, err
+	default:
+		p.KeyComment = sshconf.PublicComment(dir.KeyFile())
+	}
+
+	known, err := readFile(dir.KnownHosts())
+	if err != nil {
+		return nil, err
+	}
+	p.addSSHFile(dir.KnownHosts(), known, sshconf.Pin(known.data, req.Cache.Target, p.HostKey), 0o644, false)
+	managed, err := readFile(dir.Managed())
+	if err != nil {
+		return nil, err
+	}
+	caches, err := dir.ReadManaged()
+	if err != nil {
+		return nil, err
+	}
+	p.addSSHFile(dir.Managed(), managed, dir.RenderManaged(sshconf.WithCache(caches, p.Cache)), 0o644, false)
+	user, err := readFile(dir.UserConfig())
+	if err != nil {
+		return nil, err
+	}
+	p.addSSHFile(dir.UserConfig(), user, dir.EnsureInclude(user.data), 0o600, true)
+	return p, nil
+}
+
+type fileState struct {
+	data   []byte
+	exists bool
+	mode   fs.FileMode
+}
+
+func readFile(path string) (fileState, error) {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileState{}, nil
+	}
+	if err != nil {
+		return fileState{}, err
+	}
+	data, err := os.ReadFile(path)
+	return fileState{data, true, st.Mode().Perm()}, err
+}
+
+func (p *Plan) addSSHFile(path string, old fileState, data []byte, mode fs.FileMode, backup bool) {
+	if old.exists && string(old.data) == string(data) {
+		return
+	}
+	if old.exists {
+		mode = old.mode
+	}
+	p.SSHFiles = append(p.SSHFiles, FileChange{Path: path, Old: old.data, New: data, Exists: old.exists, Mode: mode, Backup: backup && old.exists})
+}
+
+// genericExtra says whether the Nix that reads nix.conf understands
+// `extra-NAME` for every setting (Nix 2.4, protocol 1.32, and later).
+// When the daemon cannot be asked, nixconf writes the full list, which
+// every version reads.
+func genericExtra(ctx context.Context, socket string, conf *nixconf.Config) bool {
+	if filepath.Base(conf.Target()) == "nix.custom.conf" {
+		return true // Determinate Nix
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := daemon.Dial(ctx, socket)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	return c.DaemonVersion.Minor() >= 32
+}
+
+// HostKeyMismatch says the server's key is not the one join was told to
+// expect.
+type HostKeyMismatch struct {
+	Target    sshconf.Target
+	Want      string // a fingerprint
+	Presented []ssh.PublicKey
+}
+
+func (e *HostKeyMismatch) Error() string {
+	var fps []string
+	for _, k := range e.Presented {
+		fps = append(fps, sshconf.Fingerprint(k))
+	}
+	return fmt.Sprintf("%s presents host key %s, not %s", e.Target.Addr(), strings.Join(fps, ", "), e.Want)
+}
+
+// resolveHostKey settles the key to pin. A key pinned earlier must match
+// both what the user gave and what the server presents: a change is never
+// accepted silently.
+func (p *Plan) resolveHostKey(ctx context.Context) error {
+	t := p.Req.Cache.Target
+	pinned, err := sshconf.Pinned(p.Req.Loc.SSHDir.KnownHosts(), t)
+	if err != nil {
+		return err
+	}
+	src := p.Req.HostKey
+	fetch := func() error {
+		keys, err := sshconf.FetchHostKeys(ctx, t.Addr())
+		if err != nil {
+			return fmt.Errorf("cannot get the host key of %s: %w", t.Addr(), err)
+		}
+		p.Presented = keys
+		return nil
+	}
+	switch {
+	case src.Line != "":
+		k, err := sshconf.ParseHostKey(src.Line)
+		if err != nil {
+			return err
+		}
+		p.HostKey = k
+		if err := fetch(); err != nil {
+			// The key was given: a cache that is down now may still be
+			// joined, and the pin is checked on first use by ssh.
+			p.HostKeyUnchecked = err
+		} else if !slices.ContainsFunc(p.Presented, func(pk ssh.PublicKey) bool { return sshconf.SameKey(pk, k) }) {
+			return &HostKeyMismatch{t, sshconf.Fingerprint(k), p.Presented}
+		}
+	case src.Fingerprint != "":
+		if err := fetch(); err != nil {
+			return err
+		}
+		i := slices.IndexFunc(p.Presented, func(k ssh.PublicKey) bool { return sshconf.Fingerprint(k) == src.Fingerprint })
+		if i < 0 {
+			return &HostKeyMismatch{t, src.Fingerprint, p.Presented}
+		}
+		p.HostKey = p.Presented[i]
+	case src.TOFU:
+		if err := fetch(); err != nil {
+			return err
+		}
+		p.HostKey = p.Presented[0]
+		if pinned != nil {
+			if i := slices.IndexFunc(p.Presented, func(k ssh.PublicKey) bool { return sshconf.SameKey(k, pinned) }); i >= 0 {
+				p.HostKey = p.Presented[i]
+			}
+		}
+	default:
+		return errors.New("no host key source given")
+	}
+	if pinned != nil && !sshconf.SameKey(pinned, p.HostKey) {
+		return &sshconf.HostKeyChanged{Target: t, Pinned: pinned, Presented: []ssh.PublicKey{p.HostKey}}
+	}
+	return nil
+}
+
+// Result is what Apply did.
+type Result struct {
+	Written []string // files written, in order
+	Backups []string
+}
+
+// Apply makes the planned changes: the key first (created exclusively),
+// then ssh's files, then nix.conf, each written atomically.
+func (p *Plan) Apply(now time.Time) (*Result, error) {
+	res := &Result{}
+	dir := p.Req.Loc.SSHDir
+	if err := os.MkdirAll(string(dir), 0o700); err != nil {
+		return res, err
+	}
+	if p.CreateKey {
+		k, err := sshconf.GenerateKey(dir.KeyFile(), p.KeyComment)
+		if err != nil {
+			return res, err
+		}
+		p.ClientKey = k
+		res.Written = append(res.Written, dir.KeyFile(), dir.KeyFile()+".pub")
+	}
+	for _, f := range p.SSHFiles {
+		if f.Backup {
+			b := fmt.Sprintf("%s.nixcache-backup-%s", f.Path, now.Format("20060102T150405"))
+			if err := atomicfile.Write(b, f.Old, f.Mode); err != nil {
+				return res, err
+			}
+			res.Backups = append(res.Backups, b)
+		}
+		if err := atomicfile.Write(f.Path, f.New, f.Mode); err != nil {
+			return res, err
+		}
+		res.Written = append(res.Written, f.Path)
+	}
+	backups, err := nixconf.Apply(p.NixConf, now)
+	res.Backups = append(res.Backups, backups...)
+	if err != nil {
+		return res, err
+	}
+	for _, c := range p.NixConf {
+		res.Written = append(res.Written, c.Path)
+	}
+	return res, nil
+}
+
+func marshalAuthorized(k ssh.PublicKey) []byte { return ssh.MarshalAuthorizedKey(k) }

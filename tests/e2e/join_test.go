@@ -1,0 +1,436 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixcache/nixcache/tests/harness"
+)
+
+// debianNixConf is nix.conf as Debian's nix-bin ships it, plus what the
+// harness needs to build, and a comment an admin left.
+const debianNixConf = `# Debian's nix.conf, edited by an admin.
+sandbox = false
+build-users-group = nixbld   # the daemon builds as these users
+experimental-features = nix-command
+`
+
+// newMachine makes a client machine whose daemon serves a fresh store
+// (chroot) or, for tests that build, the machine's own store.
+func newMachine(t *testing.T, nixConf string, chroot bool) *harness.Machine {
+	t.Helper()
+	dir, err := os.MkdirTemp(env.Dir, "machine-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := env.NewMachine(dir, nixConf, chroot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+// onMachine runs nixcache on m as root, pointed at m's files; the service
+// manager is "none" because the test restarts m's daemon itself.
+func onMachine(m *harness.Machine, args ...string) harness.Result {
+	args = append(args, "--nix-conf-dir", m.ConfDir, "--ssh-dir", m.SSHDir, "--service-manager", "none", "--name", filepath.Base(m.Dir))
+	return harness.Run(m.Environ(), nixcache, args...)
+}
+
+func (c *cache) url(proto harness.Protocol) string {
+	return fmt.Sprintf("%s://%s@127.0.0.1:%d", proto, harness.CacheUser, c.server.Port)
+}
+
+func hostKeyFingerprint(t *testing.T, line string) string {
+	t.Helper()
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.FingerprintSHA256(k)
+}
+
+// join runs `client join` with the cache's fingerprint and registers the
+// key it prints on the server, as the admin would.
+func (c *cache) join(t *testing.T, m *harness.Machine, extra ...string) harness.Result {
+	t.Helper()
+	args := append([]string{"client", "join", "--cache", c.url(c.server.Protocol), "--public-key", c.publicKey,
+		"--host-key-fingerprint", hostKeyFingerprint(t, c.server.HostKey)}, extra...)
+	r := onMachine(m, args...)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	return r
+}
+
+// admitted registers the key line join printed ("nixcache clients add NAME
+// --key 'LINE'") on the server.
+func (c *cache) admit(t *testing.T, joinOutput string) {
+	t.Helper()
+	_, line, ok := strings.Cut(joinOutput, "--key '")
+	if !ok {
+		t.Fatalf("join printed no key for the admin:\n%s", joinOutput)
+	}
+	line, _, _ = strings.Cut(line, "'")
+	if err := c.server.Authorize(line); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// snapshot records every file under dirs: contents and mode.
+func snapshot(t *testing.T, dirs ...string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	for _, dir := range dirs {
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.IsDir() {
+				return nil
+			}
+			info, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := os.ReadFile(path)
+			files[path] = fmt.Sprintf("%v %q", info.Mode(), data)
+			return nil
+		})
+	}
+	return files
+}
+
+func sameFiles(t *testing.T, what string, before, after map[string]string) {
+	t.Helper()
+	for p, v := range after {
+		if before[p] != v {
+			t.Errorf("%s: %s changed or appeared", what, p)
+		}
+	}
+	for p := range before {
+		if _, ok := after[p]; !ok {
+			t.Errorf("%s: %s disappeared", what, p)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// The whole story on a non-default port (sshd always listens on one here,
+// which Nix 2.8 cannot put in a store URL): join, the admin registers the
+// key, the daemon restarts and substitutes a signed closure; a second join
+// changes nothing at all.
+func TestJoinThenSubstitute(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, proto harness.Protocol) {
+		c := newCache(t, proto)
+		cl := build(t, 3)
+		sign(t, c.secretKey, cl.Paths...)
+		m := newMachine(t, debianNixConf, true)
+
+		r := c.join(t, m)
+		c.admit(t, r.Stdout)
+		conf := readFile(t, filepath.Join(m.ConfDir, "nix.conf"))
+		if !strings.HasPrefix(conf, debianNixConf) {
+			t.Errorf("join did not keep nix.conf's lines verbatim:\n%s", conf)
+		}
+		if err := m.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		if r := m.Realise(cl.Top); r.Err != nil {
+			t.Fatalf("substituting after join: %v", r.Err)
+		}
+		for _, p := range cl.Paths {
+			if !m.Has(p) {
+				t.Errorf("%s was not substituted", p)
+			}
+		}
+		// cache.nixos.org stays: Nix's default is still in effect.
+		show := harness.Run(m.Environ("NIX_CONF_DIR="+m.ConfDir), "nix", "show-config")
+		if show.Err != nil {
+			t.Fatal(show.Err)
+		}
+		for _, want := range []string{"https://cache.nixos.org/", c.publicKey, "cache.nixos.org-1:"} {
+			if !strings.Contains(show.Stdout, want) {
+				t.Errorf("nix show-config lacks %q after join", want)
+			}
+		}
+
+		before := snapshot(t, m.ConfDir, m.SSHDir)
+		again := c.join(t, m)
+		sameFiles(t, "second join", before, snapshot(t, m.ConfDir, m.SSHDir))
+		if !strings.Contains(again.Stderr, "nothing to change") {
+			t.Errorf("second join did not say it changed nothing:\n%s", again.Stderr)
+		}
+		if again.Stdout != r.Stdout {
+			t.Errorf("second join printed a different line for the admin:\n%s\nthen\n%s", r.Stdout, again.Stdout)
+		}
+
+		if d := onMachine(m, "client", "doctor"); d.Err != nil {
+			t.Errorf("doctor fails after a good join: %v\n%s", d.Err, d.Stdout)
+		}
+	})
+}
+
+// A fingerprint that does not match aborts before anything is written.
+func TestJoinWithWrongFingerprintChangesNothing(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	other := newCache(t, harness.SSHNG) // another server's key
+	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key-fingerprint", hostKeyFingerprint(t, other.server.HostKey))
+	if r.Err == nil {
+		t.Fatal("join accepted a host key with the wrong fingerprint")
+	}
+	if !strings.Contains(r.Stderr, "presents host key") || !strings.Contains(r.Stderr, "nothing was changed") {
+		t.Errorf("unclear refusal:\n%s", r.Stderr)
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// A pinned host key that the server no longer presents stops a later join.
+func TestJoinRefusesAChangedHostKey(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	c.join(t, m)
+	pinFile := filepath.Join(m.SSHDir, "nixcache_known_hosts")
+	other := newCache(t, harness.SSHNG)
+	pin := readFile(t, pinFile)
+	forged := strings.Replace(pin, strings.Fields(c.server.HostKey)[1], strings.Fields(other.server.HostKey)[1], 1)
+	if err := os.WriteFile(pinFile, []byte(forged), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey, "--trust-on-first-use")
+	if r.Err == nil || !strings.Contains(r.Stderr, "has changed") {
+		t.Fatalf("join accepted a server whose host key changed: %v\n%s", r.Err, r.Stderr)
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// A nix.conf Nix would reject is reported with its line, and left alone.
+func TestJoinRefusesAMalformedNixConf(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	bad := debianNixConf + "substituters https://cache.nixos.org/\n"
+	if err := os.WriteFile(filepath.Join(m.ConfDir, "nix.conf"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key", c.server.HostKey)
+	if r.Err == nil {
+		t.Fatal("join accepted a malformed nix.conf")
+	}
+	if !strings.Contains(r.Stderr, `nix.conf" line 5`) {
+		t.Errorf("the error does not give the line:\n%s", r.Stderr)
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// Determinate Nix generates nix.conf and includes nix.custom.conf for the
+// admin's settings: join edits the latter.
+func TestJoinEditsDeterminateNixCustomConf(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	determinate := "# Generated by Determinate Nix. Do not edit.\n" + debianNixConf +
+		"extra-trusted-public-keys = cache.flakehub.com-3:hJuILl5sVK4iKm86JzgdXW12Y2Hwd5G07qKtHTOcDCM=\n!include nix.custom.conf\n"
+	m := newMachine(t, determinate, true)
+	r := c.join(t, m)
+	if got := readFile(t, filepath.Join(m.ConfDir, "nix.conf")); got != determinate {
+		t.Errorf("join edited Determinate's nix.conf:\n%s", got)
+	}
+	custom := readFile(t, filepath.Join(m.ConfDir, "nix.custom.conf"))
+	if !strings.Contains(custom, "extra-substituters = "+fmt.Sprintf("ssh-ng://%s@127.0.0.1", harness.CacheUser)) ||
+		!strings.Contains(custom, "extra-trusted-public-keys = "+c.publicKey) {
+		t.Errorf("nix.custom.conf lacks the cache:\n%s", custom)
+	}
+	c.admit(t, r.Stdout)
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	cl := build(t, 1)
+	sign(t, c.secretKey, cl.Top)
+	if r := m.Realise(cl.Top); r.Err != nil {
+		t.Fatalf("substituting with Determinate's layout: %v", r.Err)
+	}
+}
+
+// On NixOS nix.conf is a link into the store: join prints the module's
+// configuration instead, or writes it, and changes nothing else.
+func TestJoinOnAReadOnlyNixConfPrintsTheModule(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	add := harness.Run(env.Environ(), "nix-store", "--add", filepath.Join(m.ConfDir, "nix.conf"))
+	if add.Err != nil {
+		t.Fatal(add.Err)
+	}
+	conf := filepath.Join(m.ConfDir, "nix.conf")
+	if err := os.Remove(conf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(strings.TrimSpace(add.Stdout), conf); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key-fingerprint", hostKeyFingerprint(t, c.server.HostKey))
+	if r.Err == nil {
+		t.Fatal("join did not refuse a read-only nix.conf")
+	}
+	for _, want := range []string{"services.nixcache.client", "enable = true;", `host = "127.0.0.1";`,
+		fmt.Sprintf("port = %d;", c.server.Port), fmt.Sprintf("publicKey = %q;", c.publicKey), fmt.Sprintf("hostKey = %q;", c.server.HostKey)} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("the module snippet lacks %q:\n%s", want, r.Stdout)
+		}
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+
+	module := filepath.Join(m.Dir, "nixcache-client.nix")
+	r = onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key", c.server.HostKey, "--nixos-module", module)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if got := readFile(t, module); !strings.Contains(got, "services.nixcache.client") {
+		t.Errorf("--nixos-module wrote:\n%s", got)
+	}
+	if p := harness.Run(env.Environ(), "nix-instantiate", "--parse", module); p.Err != nil {
+		t.Errorf("the module does not parse: %v", p.Err)
+	}
+	sameFiles(t, "join --nixos-module", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// --dry-run shows the changes as diffs and makes none.
+func TestJoinDryRunChangesNothing(t *testing.T) {
+	c := newCache(t, harness.SSH)
+	m := newMachine(t, debianNixConf, true)
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := c.join(t, m, "--dry-run")
+	sameFiles(t, "dry run", before, snapshot(t, m.ConfDir, m.SSHDir))
+	for _, want := range []string{"would create the daemon's ssh key", "+++ " + filepath.Join(m.ConfDir, "nix.conf"),
+		"+Include " + filepath.Join(m.SSHDir, "nixcache_config"), "+Match originalhost 127.0.0.1 user nix-ssh",
+		fmt.Sprintf("+  Port %d", c.server.Port)} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("dry run output lacks %q:\n%s", want, r.Stdout)
+		}
+	}
+}
+
+// doctor passes after a join, and names each broken piece with its fix.
+func TestDoctorFindsEachBrokenPiece(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	cl := build(t, 2)
+	sign(t, c.secretKey, cl.Paths...)
+	original := debianNixConf
+	m := newMachine(t, original, true)
+	r := c.join(t, m)
+	registered := r.Stdout
+	c.admit(t, registered)
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	doctor := func(wantOK bool, failing ...string) string {
+		t.Helper()
+		d := onMachine(m, "client", "doctor")
+		if (d.Err == nil) != wantOK {
+			t.Errorf("doctor: error %v, want ok=%v\n%s", d.Err, wantOK, d.Stdout)
+		}
+		for _, f := range failing {
+			if !strings.Contains(d.Stdout, "✗ "+f) {
+				t.Errorf("doctor does not fail %q:\n%s", f, d.Stdout)
+			}
+		}
+		return d.Stdout
+	}
+	out := doctor(true)
+	if !strings.Contains(out, "✓ substitution") {
+		t.Errorf("doctor did not check a substitution:\n%s", out)
+	}
+
+	// The admin removes the machine's key.
+	if err := c.server.Authorize(); err != nil {
+		t.Fatal(err)
+	}
+	out = doctor(false, "ssh login")
+	if !strings.Contains(out, "nixcache clients add "+filepath.Base(m.Dir)) {
+		t.Errorf("no hint to register the key:\n%s", out)
+	}
+	c.admit(t, registered)
+	doctor(true)
+
+	// The pinned host key no longer matches the server's.
+	pinFile := filepath.Join(m.SSHDir, "nixcache_known_hosts")
+	pin := readFile(t, pinFile)
+	other := newCache(t, harness.SSHNG)
+	forged := strings.Replace(pin, strings.Fields(c.server.HostKey)[1], strings.Fields(other.server.HostKey)[1], 1)
+	if err := os.WriteFile(pinFile, []byte(forged), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = doctor(false, "host key")
+	if !strings.Contains(out, "has changed") {
+		t.Errorf("doctor does not say the host key changed:\n%s", out)
+	}
+	if err := os.WriteFile(pinFile, []byte(pin), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// nix.conf reverted to what it was: the daemon's settings are stale
+	// until it restarts, then they lack the cache.
+	if err := os.WriteFile(filepath.Join(m.ConfDir, "nix.conf"), []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	doctor(false, "nix.conf", "daemon restarted")
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	out = doctor(false, "nix.conf")
+	if strings.Contains(out, "✗ daemon restarted") {
+		t.Errorf("doctor says the daemon was not restarted after it was:\n%s", out)
+	}
+
+	// Joined again, but the daemon not restarted.
+	c.join(t, m)
+	doctor(false, "daemon restarted")
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	doctor(true)
+
+	// sshd down.
+	c.server.Close()
+	out = doctor(false, "host key")
+	if !strings.Contains(out, "is sshd running") {
+		t.Errorf("no hint that the cache is down:\n%s", out)
+	}
+}
+
+func TestDoctorWithoutJoin(t *testing.T) {
+	m := newMachine(t, debianNixConf, true)
+	d := onMachine(m, "client", "doctor")
+	if d.Err == nil || !strings.Contains(d.Stdout, "✗ joined") || !strings.Contains(d.Stdout, "nixcache client join") {
+		t.Errorf("doctor on a machine that never joined: %v\n%s", d.Err, d.Stdout)
+	}
+	if bytes.Contains([]byte(d.Stdout), []byte("✓")) {
+		t.Errorf("doctor passed checks on a machine that never joined:\n%s", d.Stdout)
+	}
+}
