@@ -1,8 +1,310 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nixcache/nixcache/internal/atomicfile"
+	"github.com/nixcache/nixcache/internal/registry"
+)
 
 // clientsCommand manages the clients registry (admin side).
 func clientsCommand(ui *ui) *cli.Command {
-	return &cli.Command{Name: "clients", Usage: "manage the clients registry", Hidden: true}
+	return &cli.Command{
+		Name:  "clients",
+		Usage: "manage the clients registry: which SSH keys may read the cache",
+		Description: `The clients registry is one TOML file, the server's single source of truth
+for who may read the cache: one table per client, holding its SSH public key
+and a comment. 'add' and 'remove' edit it (under a lock, atomically, and
+never on error); 'authorized-keys' turns it into sshd's authorized_keys file
+for the cache account, which is what actually grants or revokes access.
+
+The registry is --registry FILE (before or after the subcommand), default
+` + registry.DefaultPath + `.
+
+EXAMPLES:
+   nixcache clients add --key "$(cat build-01.pub)" --comment "CI runner" build-01
+   nixcache clients list
+   nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
+   nixcache clients remove build-01`,
+		Flags: []cli.Flag{registryFlag()},
+		Subcommands: []*cli.Command{
+			clientsAddCommand(ui), clientsRemoveCommand(ui), clientsListCommand(ui), clientsAuthorizedKeysCommand(ui),
+		},
+		HideHelpCommand: true,
+		OnUsageError:    usageError,
+	}
+}
+
+func registryFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:  "registry",
+		Usage: "the clients registry `FILE` (default: " + registry.DefaultPath + ")",
+	}
+}
+
+// registryPath is --registry, given after the subcommand or before it,
+// else the default.
+func registryPath(c *cli.Context) string {
+	for _, ctx := range c.Lineage() {
+		if ctx.IsSet("registry") {
+			return ctx.String("registry")
+		}
+	}
+	return registry.DefaultPath
+}
+
+// regenerateHint says what makes a registry change take effect: sshd reads
+// authorized_keys, not the registry.
+const regenerateHint = "sshd sees the change once authorized_keys is generated again: nixcache clients authorized-keys --output FILE"
+
+func clientsAddCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "add",
+		Usage:     "register a client's SSH public key",
+		UsageText: "nixcache clients add [--registry FILE] --key KEY [--comment TEXT] NAME",
+		Description: `Registers the machine NAME with its SSH public key KEY, the content of its
+".pub" file ("ssh-ed25519 AAAA... root@build-01"). NAME is 1 to 63 letters,
+digits, '.', '_' or '-', starting with a letter or digit. The key's own
+comment (root@build-01) becomes the client's comment unless --comment is
+given. A name is registered once, and a key under one name only.
+
+The registry (and its directory) is created by the first add. Flags go
+before NAME.
+
+EXAMPLES:
+   nixcache clients add --key "$(cat build-01.pub)" build-01
+   nixcache clients add --key "ssh-ed25519 AAAA..." --comment "Alice's laptop" laptop.alice`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "key", Usage: "the client's SSH public key, `KEY` (\"ssh-ed25519 AAAA... [COMMENT]\")"},
+			&cli.StringFlag{Name: "comment", Usage: "a note on the client, `TEXT` (default: the key's own comment)"},
+			registryFlag(),
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			name, err := clientNameArg(c)
+			if err != nil {
+				return err
+			}
+			if err := registry.ValidateName(name); err != nil {
+				return errUsage{err}
+			}
+			if !c.IsSet("key") {
+				return errUsage{withHint(errors.New("no key given"),
+					`pass the client's public key: --key "$(cat /root/.ssh/id_ed25519.pub)"`)}
+			}
+			key, comment, err := registry.ParseKey(c.String("key"))
+			if errors.Is(err, registry.ErrPrivateKey) {
+				return errUsage{withHint(err,
+					"pass the public key, the content of the .pub file next to the private one",
+					"the private key may now be in your shell history: if it has left its machine, give the client a new key")}
+			}
+			if err != nil {
+				return errUsage{withHint(err, `pass the content of the client's .pub file: --key "$(cat /root/.ssh/id_ed25519.pub)"`)}
+			}
+			if c.IsSet("comment") {
+				comment = c.String("comment")
+				if err := registry.ValidateComment(comment); err != nil {
+					return errUsage{err}
+				}
+			} else if registry.ValidateComment(comment) != nil {
+				comment = "" // the key's comment is only a default
+			}
+			path := registryPath(c)
+			err = registry.Edit(path, true, func(r *registry.Registry) error { return r.Add(name, key, comment) })
+			switch {
+			case errors.Is(err, registry.ErrExists):
+				return withHint(err, fmt.Sprintf("to change its key, run 'nixcache clients remove %s' and add it again", name))
+			case errors.Is(err, registry.ErrDuplicateKey):
+				return withHint(err, "each machine is registered once; if it was renamed, remove the old name first")
+			case err != nil:
+				return editError(err)
+			}
+			fmt.Fprintf(ui.stdout, "added client %s (%s)\n", name, describeKey(registry.Client{Key: key}))
+			ui.hint(regenerateHint)
+			return nil
+		},
+	}
+}
+
+func clientsRemoveCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "remove",
+		Usage:     "unregister a client",
+		UsageText: "nixcache clients remove [--registry FILE] NAME",
+		Description: `Removes the client NAME from the registry. Its key keeps working until the
+authorized_keys file is generated again.
+
+EXAMPLES:
+   nixcache clients remove build-01 && nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh`,
+		Flags:        []cli.Flag{registryFlag()},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			name, err := clientNameArg(c)
+			if err != nil {
+				return err
+			}
+			err = registry.Edit(registryPath(c), false, func(r *registry.Registry) error { return r.Remove(name) })
+			if errors.Is(err, registry.ErrNotFound) {
+				return withHint(err, "'nixcache clients list' shows the registered clients")
+			}
+			if err != nil {
+				return editError(err)
+			}
+			fmt.Fprintf(ui.stdout, "removed client %s\n", name)
+			ui.hint(regenerateHint)
+			return nil
+		},
+	}
+}
+
+func clientsListCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "list",
+		Usage:     "list the registered clients",
+		UsageText: "nixcache clients list [--registry FILE] [--json]",
+		Description: `Prints the clients sorted by name: name, key type, the key's SHA256
+fingerprint (as 'ssh-keygen -l' and sshd's log show it) and comment.
+--json prints a list of objects with name, type, fingerprint, key and
+comment.
+
+EXAMPLES:
+   nixcache clients list
+   nixcache clients list --json | jq -r '.[].name'`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			registryFlag(),
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return errUsage{fmt.Errorf("clients list takes no arguments, got %q", c.Args().First())}
+			}
+			path := registryPath(c)
+			r, err := registry.Load(path)
+			if err != nil {
+				return loadError(err)
+			}
+			clients := r.Clients()
+			if c.Bool("json") {
+				type client struct {
+					Name        string `json:"name"`
+					Type        string `json:"type"`
+					Fingerprint string `json:"fingerprint"`
+					Key         string `json:"key"`
+					Comment     string `json:"comment"`
+				}
+				list := []client{}
+				for _, cl := range clients {
+					list = append(list, client{cl.Name, cl.Key.Type(), cl.Fingerprint(), cl.KeyText(), cl.Comment})
+				}
+				return ui.json(list)
+			}
+			if len(clients) == 0 {
+				ui.notef("no clients registered in %q", path)
+				return nil
+			}
+			rows := [][]string{{"NAME", "TYPE", "FINGERPRINT", "COMMENT"}}
+			for _, cl := range clients {
+				rows = append(rows, []string{cl.Name, cl.Key.Type(), cl.Fingerprint(), cl.Comment})
+			}
+			ui.table(rows)
+			return nil
+		},
+	}
+}
+
+func clientsAuthorizedKeysCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "authorized-keys",
+		Usage:     "write sshd's authorized_keys for the cache account",
+		UsageText: "nixcache clients authorized-keys [--registry FILE] [--protocol ssh|ssh-ng] [--serve-command PATH] [--output FILE]",
+		Description: `Renders the registry as an OpenSSH authorized_keys file for the account
+clients log in as (nix-ssh), one line per client:
+
+   restrict,command="nix-daemon --stdio" ssh-ed25519 AAAA... nixcache:build-01
+
+"restrict" (OpenSSH 7.2 and later) turns off the terminal, port, agent and
+X11 forwarding, ~/.ssh/rc and whatever later versions add; command= runs
+the read-only serve command whatever the client asks for: 'nix-daemon
+--stdio' for --protocol ssh-ng (the default), 'nix-store --serve' for ssh.
+--serve-command replaces the program (found through PATH by default), for
+instance with a store path on NixOS; nixcache always adds the read-only
+argument. The file goes to standard output, or replaces --output FILE
+atomically (mode 0644).
+
+EXAMPLES:
+   nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
+   nixcache clients authorized-keys --protocol ssh --serve-command /usr/bin/nix-store`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "protocol", Value: string(registry.SSHNG), Usage: "serve with `PROTOCOL` ssh (nix-store --serve) or ssh-ng (nix-daemon --stdio)"},
+			&cli.StringFlag{Name: "serve-command", Usage: "run the program at `PATH` (default: nix-daemon or nix-store, through PATH)"},
+			&cli.StringFlag{Name: "output", Usage: "write to `FILE` instead of standard output"},
+			registryFlag(),
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return errUsage{fmt.Errorf("clients authorized-keys takes no arguments, got %q", c.Args().First())}
+			}
+			proto, err := registry.ParseProtocol(c.String("protocol"))
+			if err != nil {
+				return errUsage{err}
+			}
+			if _, err := registry.ServeCommand(proto, c.String("serve-command")); err != nil {
+				return errUsage{err}
+			}
+			r, err := registry.Load(registryPath(c))
+			if err != nil {
+				return loadError(err)
+			}
+			data, err := r.AuthorizedKeys(proto, c.String("serve-command"))
+			if err != nil {
+				return err
+			}
+			if out := c.String("output"); out != "" {
+				return atomicfile.Write(out, data, 0o644)
+			}
+			_, err = ui.stdout.Write(data)
+			return err
+		},
+	}
+}
+
+// clientNameArg is the one NAME argument of add and remove.
+func clientNameArg(c *cli.Context) (string, error) {
+	args := c.Args().Slice()
+	for _, a := range args[min(1, len(args)):] {
+		if strings.HasPrefix(a, "-") {
+			return "", errUsage{fmt.Errorf("%q comes after the client name: flags go before NAME", a)}
+		}
+	}
+	switch len(args) {
+	case 0:
+		return "", errUsage{errors.New("no client name given")}
+	case 1:
+		return args[0], nil
+	}
+	return "", errUsage{fmt.Errorf("one client name at a time, got %d arguments", len(args))}
+}
+
+func describeKey(cl registry.Client) string { return cl.Key.Type() + " " + cl.Fingerprint() }
+
+// loadError adds advice to an error reading the registry.
+func loadError(err error) error {
+	if errors.Is(err, registry.ErrNoRegistry) {
+		return withHint(err, "register a client with 'nixcache clients add', or pass --registry FILE")
+	}
+	return err
+}
+
+// editError adds advice to an error editing the registry.
+func editError(err error) error {
+	if errors.Is(err, registry.ErrLocked) {
+		return withHint(err, "another 'nixcache clients' command is editing it: try again when it is done")
+	}
+	return loadError(err)
 }

@@ -148,3 +148,37 @@ func (p *progress) clear() {
 	}
 	fmt.Fprint(p.w, "\r\033[K")
 }
+
+// notef says something that is neither output nor a problem, on standard
+// error.
+func (u *ui) notef(format string, args ...any) {
+	fmt.Fprintf(u.stderr, "nixcache: "+format+"\n", args...)
+}
+
+// table prints rows in columns two spaces apart, the first row a header.
+// Widths count runes, as fmt's padding does.
+func (u *ui) table(rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for i, cell := range row {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], len([]rune(cell)))
+		}
+	}
+	for _, row := range rows {
+		line := ""
+		for i, cell := range row {
+			if i < len(row)-1 {
+				line += fmt.Sprintf("%-*s  ", widths[i], cell)
+			} else {
+				line += cell
+			}
+		}
+		for len(line) > 0 && line[len(line)-1] == ' ' {
+			line = line[:len(line)-1]
+		}
+		fmt.Fprintln(u.stdout, line)
+	}
+}

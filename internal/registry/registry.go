@@ -1,0 +1,248 @@
+// Package registry owns the clients registry: the TOML file that is a cache
+// server's single source of truth for which SSH keys may read the cache.
+// It parses and writes the file (deterministically, so that it diffs well
+// and an add followed by a remove restores it byte for byte), edits it under
+// a lock, and renders it as an OpenSSH authorized_keys file.
+//
+// The file, version 1:
+//
+//	# nixcache clients registry: edit with `nixcache clients add` and `nixcache clients remove`.
+//	version = 1
+//
+//	[clients.build-01]
+//	key = "ssh-ed25519 AAAA..."
+//	comment = "CI runner"
+//
+// One table per client, named by the client, sorted by name; key is
+// "TYPE BASE64" (a key's own comment goes to comment, never into key).
+// Unknown fields are errors, so a typo cannot silently lose a setting;
+// per-key roles will come as version 2 (`roles = ["pull"]`, pull when
+// absent), which this version refuses with a clear message instead of
+// dropping the roles on its next write.
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/ssh"
+)
+
+// Version is the file format this package reads and writes.
+const Version = 1
+
+// Header is the first line of every registry nixcache writes.
+const Header = "# nixcache clients registry: edit with `nixcache clients add` and `nixcache clients remove`."
+
+// Client is one registered machine.
+type Client struct {
+	Name    string
+	Key     ssh.PublicKey
+	Comment string
+}
+
+// KeyText is the client's key as "TYPE BASE64".
+func (c Client) KeyText() string { return keyText(c.Key) }
+
+// Fingerprint is the key's OpenSSH SHA256 fingerprint, as ssh-keygen -l and
+// sshd's log print it.
+func (c Client) Fingerprint() string { return ssh.FingerprintSHA256(c.Key) }
+
+// Registry is the set of clients, kept sorted by name.
+type Registry struct {
+	clients []Client
+}
+
+// Clients returns the clients sorted by name.
+func (r *Registry) Clients() []Client { return slices.Clone(r.clients) }
+
+// Errors callers may want to tell apart.
+var (
+	ErrExists       = errors.New("already registered")
+	ErrNotFound     = errors.New("no client named")
+	ErrDuplicateKey = errors.New("key is already registered")
+)
+
+// Add registers a client. The name must be new and the key must not be
+// registered under another name (the key itself is compared, not its
+// comment): one machine, one name, so that removing a name really revokes
+// its access.
+func (r *Registry) Add(name string, key ssh.PublicKey, comment string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := ValidateComment(comment); err != nil {
+		return err
+	}
+	if err := checkKeyType(key); err != nil {
+		return err
+	}
+	i, found := r.find(name)
+	if found {
+		return fmt.Errorf("client %q is %w", name, ErrExists)
+	}
+	if other, ok := r.byKey(key); ok {
+		return fmt.Errorf("this %w as %q", ErrDuplicateKey, other.Name)
+	}
+	r.clients = slices.Insert(r.clients, i, Client{Name: name, Key: key, Comment: comment})
+	return nil
+}
+
+// Remove unregisters a client.
+func (r *Registry) Remove(name string) error {
+	i, found := r.find(name)
+	if !found {
+		return fmt.Errorf("%w %q", ErrNotFound, name)
+	}
+	r.clients = slices.Delete(r.clients, i, i+1)
+	return nil
+}
+
+func (r *Registry) find(name string) (int, bool) {
+	return slices.BinarySearchFunc(r.clients, name, func(c Client, name string) int { return strings.Compare(c.Name, name) })
+}
+
+func (r *Registry) byKey(key ssh.PublicKey) (Client, bool) {
+	want := string(key.Marshal())
+	for _, c := range r.clients {
+		if string(c.Key.Marshal()) == want {
+			return c, true
+		}
+	}
+	return Client{}, false
+}
+
+// Marshal renders the registry. The bytes depend only on its content:
+// clients sorted by name, fields in a fixed order, no timestamps.
+func (r *Registry) Marshal() []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\nversion = %d\n", Header, Version)
+	for _, c := range r.clients {
+		fmt.Fprintf(&b, "\n[clients.%s]\nkey = %s\n", tableKey(c.Name), quote(c.KeyText()))
+		if c.Comment != "" {
+			fmt.Fprintf(&b, "comment = %s\n", quote(c.Comment))
+		}
+	}
+	return []byte(b.String())
+}
+
+// tableKey writes a name as a TOML key: bare when it can be (letters,
+// digits, '_' and '-'), quoted when it has a dot.
+func tableKey(name string) string {
+	if strings.Contains(name, ".") {
+		return quote(name)
+	}
+	return name
+}
+
+// quote writes a TOML basic string. Comments are checked to hold no control
+// characters, but quoting stays correct for any input.
+func quote(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, "\\u%04X", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// file is the TOML layout. Adding a field here is a format change: see the
+// package comment on versions.
+type file struct {
+	Version int                   `toml:"version"`
+	Clients map[string]fileClient `toml:"clients"`
+}
+
+type fileClient struct {
+	Key     string `toml:"key"`
+	Comment string `toml:"comment"`
+}
+
+// Parse reads a registry. Every error names the line it is about.
+func Parse(data []byte) (*Registry, error) {
+	text := string(data)
+	var f file
+	md, err := toml.Decode(text, &f)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("line %d: %s", errorLine(text, pe.Position), pe.Message)
+		}
+		// Type mismatches come as "toml: line N (last key ...): ...".
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "toml: "))
+	}
+	lines := newLineIndex(text)
+	switch {
+	case !md.IsDefined("version"):
+		return nil, errors.New(`no "version = 1" line: is this a nixcache clients registry?`)
+	case f.Version > Version:
+		return nil, fmt.Errorf("line %d: registry version %d is newer than this nixcache understands (%d): upgrade nixcache",
+			lines.find(toml.Key{"version"}), f.Version, Version)
+	case f.Version != Version:
+		return nil, fmt.Errorf("line %d: unknown registry version %d (want %d)", lines.find(toml.Key{"version"}), f.Version, Version)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		k := undecoded[0]
+		if len(k) == 3 && k[0] == "clients" {
+			return nil, fmt.Errorf("line %d: unknown field %q in client %q (known: key, comment)", lines.find(k), k[2], k[1])
+		}
+		if k[0] == "clients" {
+			return nil, fmt.Errorf("line %d: unexpected %q: each client is a table [clients.NAME] with key and comment", lines.find(k), k.String())
+		}
+		return nil, fmt.Errorf("line %d: unknown setting %q (known: version, clients)", lines.find(k[:1]), k[0])
+	}
+	names := make([]string, 0, len(f.Clients))
+	for name := range f.Clients {
+		names = append(names, name)
+	}
+	// Check in file order, so that the first problem in the file is the
+	// one reported.
+	slices.SortFunc(names, func(a, b string) int {
+		return lines.find(toml.Key{"clients", a}) - lines.find(toml.Key{"clients", b})
+	})
+	r := &Registry{}
+	for _, name := range names {
+		fc := f.Clients[name]
+		at := func(field string) int { return lines.find(toml.Key{"clients", name, field}) }
+		if err := ValidateName(name); err != nil {
+			return nil, fmt.Errorf("line %d: %w", lines.find(toml.Key{"clients", name}), err)
+		}
+		if !md.IsDefined("clients", name, "key") {
+			return nil, fmt.Errorf("line %d: client %q has no key", lines.find(toml.Key{"clients", name}), name)
+		}
+		key, _, err := ParseKey(fc.Key)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: client %q: %w", at("key"), name, err)
+		}
+		if err := r.Add(name, key, fc.Comment); err != nil {
+			field := "key"
+			if !errors.Is(err, ErrDuplicateKey) {
+				field = "comment"
+			}
+			return nil, fmt.Errorf("line %d: client %q: %w", at(field), name, err)
+		}
+	}
+	return r, nil
+}
+
+// errorLine is the line of a syntax error. The TOML library counts an
+// error at the end of a line (an unclosed table name) as on the next line;
+// the byte offset says which line holds the mistake.
+func errorLine(text string, pos toml.Position) int {
+	if pos.Start > 0 && pos.Start <= len(text) {
+		return strings.Count(text[:pos.Start], "\n") + 1
+	}
+	return pos.Line
+}
