@@ -1,0 +1,346 @@
+// Command substitute times substitution of a large closure from the SSH
+// cache through a simulated WAN link (a loopback TCP proxy adding -rtt and
+// limiting -bandwidth, shared by all connections), for the seed's setup
+// (ssh://, Nix's defaults), ssh-ng://, and each of Nix's knobs alone and
+// combined, against the link limit (bytes ÷ bandwidth + 1 RTT).
+//
+// Every run substitutes the top path into a fresh chroot client store with
+// `nix-store --store DIR --realise TOP`, which opens that store in-process:
+// the substitution (queries, ssh connections, NAR transfers) runs in that
+// nix-store process, under the client's nix.conf. Its wall clock is timed.
+//
+// The closure is built once into the machine's store through the harness's
+// daemon, rooted under -state, and signed by `nixcache sign` with a key
+// kept there; later runs with the same -paths, -mb and -content reuse it.
+//
+// Runs of max-connections > 1 are bounded: Nix from 2.4 to 2.31 deadlocks
+// in SSHMaster::startMaster (NixOS/nix#13902), so such a run that starts no
+// ssh process within -hang-after is reported as hung and its process group
+// killed.
+//
+// Run as root on a machine with Nix: go run ./tests/bench/substitute
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nixcache/nixcache/tests/bench/substitute/linkproxy"
+	"github.com/nixcache/nixcache/tests/harness"
+)
+
+type options struct {
+	paths, mb, runs, jobs int
+	rtt                   time.Duration
+	mbit                  float64
+	content, state, only  string
+	hangAfter, timeout    time.Duration
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.paths, "paths", 500, "store paths in the closure (at least 2)")
+	flag.IntVar(&o.mb, "mb", 200, "total size of the closure's data, MB (10^6 bytes)")
+	flag.DurationVar(&o.rtt, "rtt", 40*time.Millisecond, "round-trip time the link adds")
+	flag.Float64Var(&o.mbit, "bandwidth", 200, "link bandwidth per direction, Mbit/s (10^6 bits/s), shared by all connections")
+	flag.IntVar(&o.runs, "runs", 2, "timed runs of each configuration that completes (hanging ones run once)")
+	flag.IntVar(&o.jobs, "jobs", 8, "N for max-jobs and max-connections in the configurations that set them")
+	flag.StringVar(&o.content, "content", "random", `closure data: "random" (incompressible) or "mixed" (half zeros)`)
+	flag.StringVar(&o.state, "state", "/var/tmp/nixcache-bench-substitute", "directory for the closure's GC root, the signing key and client stores")
+	flag.StringVar(&o.only, "only", "", "comma-separated configuration ids to run (default all)")
+	flag.DurationVar(&o.hangAfter, "hang-after", 15*time.Second, "a run that may deadlock and has started no ssh process by then is reported as hung")
+	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on any single substitution")
+	flag.Parse()
+	if o.paths < 2 || o.mb < 1 || o.runs < 1 || o.jobs < 1 || o.mbit <= 0 || (o.content != "random" && o.content != "mixed") {
+		fmt.Fprintln(os.Stderr, "substitute: bad flags")
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "substitute:", err)
+		os.Exit(1)
+	}
+}
+
+// config is one way of setting up the client.
+type config struct {
+	id       string
+	proto    harness.Protocol
+	params   string // the substituter URL's query
+	conf     string // extra nix.conf lines
+	ssh      string // extra ssh_config lines ({dir} is the client's directory)
+	direct   bool   // straight to sshd, no proxy: the machine's own floor
+	mayHang  bool   // max-connections > 1: Nix's own SSH master
+	describe string
+}
+
+func configs(jobs int) []config {
+	j := fmt.Sprint(jobs)
+	return []config{
+		{id: "floor", proto: harness.SSH, direct: true, describe: "ssh://, defaults, no proxy (loopback floor)"},
+		{id: "seed", proto: harness.SSH, describe: "seed: ssh://, Nix defaults"},
+		{id: "ng", proto: harness.SSHNG, describe: "ssh-ng://, defaults"},
+		{id: "compress", proto: harness.SSH, params: "compress=true", describe: "ssh://?compress=true"},
+		{id: "jobs", proto: harness.SSH, conf: "max-jobs = " + j, describe: "ssh://, max-jobs = " + j},
+		{id: "ng-jobs", proto: harness.SSHNG, conf: "max-jobs = " + j, describe: "ssh-ng://, max-jobs = " + j},
+		{id: "conns", proto: harness.SSH, params: "max-connections=" + j, mayHang: true, describe: "ssh://?max-connections=" + j},
+		{id: "ng-conns", proto: harness.SSHNG, params: "max-connections=" + j, mayHang: true, describe: "ssh-ng://?max-connections=" + j},
+		{id: "conns-cm", proto: harness.SSH, params: "max-connections=" + j, mayHang: true,
+			ssh:      "  ControlMaster auto\n  ControlPath {dir}/cm-%C\n  ControlPersist 30\n",
+			describe: "ssh://?max-connections=" + j + " + ControlMaster in ssh_config"},
+		{id: "all", proto: harness.SSHNG, params: "max-connections=" + j + "&compress=true", conf: "max-jobs = " + j, mayHang: true,
+			describe: "ssh-ng://?max-connections=" + j + "&compress=true, max-jobs = " + j},
+	}
+}
+
+type result struct {
+	times      []time.Duration
+	down, up   []int64
+	conns      []int64
+	hung       string
+	runsWanted int
+}
+
+func run(o options) error {
+	if err := os.MkdirAll(o.state, 0o755); err != nil {
+		return err
+	}
+	env, err := harness.Start()
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	nixcache, err := env.BuildNixcache()
+	if err != nil {
+		return err
+	}
+	secret, public, err := key(env, o.state, nixcache)
+	if err != nil {
+		return err
+	}
+	cl, err := buildClosure(env, o.state, nixcache, secret, o.paths, o.mb, o.content)
+	if err != nil {
+		return err
+	}
+	version := strings.TrimSpace(harness.Run(env.Environ(), "nix", "--version").Stdout)
+	ssh := strings.TrimSpace(harness.Run(env.Environ(), "ssh", "-V").Stderr)
+	bandwidth := o.mbit * 1e6 / 8 // bytes/s
+	link := linkproxy.Link{RTT: o.rtt, Bandwidth: bandwidth}
+
+	servers := map[harness.Protocol]*harness.Server{}
+	proxies := map[harness.Protocol]*linkproxy.Proxy{}
+	for _, p := range []harness.Protocol{harness.SSH, harness.SSHNG} {
+		s, err := env.StartServer(p)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		servers[p] = s
+		px, err := linkproxy.Start(s.Addr(), link)
+		if err != nil {
+			return err
+		}
+		defer px.Close()
+		proxies[p] = px
+	}
+
+	work, err := os.MkdirTemp(o.state, "clients-")
+	if err != nil {
+		return err
+	}
+	defer removeAll(work)
+
+	all := configs(o.jobs)
+	if o.only != "" {
+		want := strings.Split(o.only, ",")
+		all = slices.DeleteFunc(all, func(c config) bool { return !slices.Contains(want, c.id) })
+	}
+	linkLimit := time.Duration(float64(cl.NarBytes)/bandwidth*float64(time.Second)) + o.rtt
+	fmt.Printf("%s; %s; %d CPUs; closure %d paths, %s MB NAR (%s); link %.0f Mbit/s, RTT %v; link limit %.2fs\n",
+		version, ssh, runtime.NumCPU(), cl.Paths, mbString(cl.NarBytes), o.content, o.mbit, o.rtt, linkLimit.Seconds())
+	fmt.Printf("max-substitution-jobs on this Nix: %s\n", knowsSetting(env, "max-substitution-jobs"))
+
+	results := make([]result, len(all))
+	// Round-robin over the configurations, so that drift (page cache,
+	// other load) spreads over all of them.
+	for r := range o.runs {
+		for i, c := range all {
+			res := &results[i]
+			if res.hung != "" {
+				continue
+			}
+			s := servers[c.proto]
+			port := s.Port
+			var px *linkproxy.Proxy
+			if !c.direct {
+				px = proxies[c.proto]
+				port = px.Port()
+			}
+			d, bytesUp, bytesDown, conns, hung, err := substitute(env, work, s, port, px, c, cl, public, o)
+			if err != nil {
+				return fmt.Errorf("%s, run %d: %w", c.id, r+1, err)
+			}
+			if hung != "" {
+				res.hung = hung
+				fmt.Printf("%-10s run %d: HUNG after %.0fs: %s\n", c.id, r+1, d.Seconds(), hung)
+				continue
+			}
+			res.times = append(res.times, d)
+			res.up = append(res.up, bytesUp)
+			res.down = append(res.down, bytesDown)
+			res.conns = append(res.conns, conns)
+			fmt.Printf("%-10s run %d: %7.2fs  %s MB down, %s MB up, %d TCP connections\n", c.id, r+1, d.Seconds(), mbString(bytesDown), mbString(bytesUp), conns)
+		}
+	}
+
+	// The table.
+	seed := -1.0
+	for i, c := range all {
+		if c.id == "seed" && len(results[i].times) > 0 {
+			seed = median(seconds(results[i].times))
+		}
+	}
+	fmt.Printf("\n| configuration | runs | median | min–max | seed ÷ this | this ÷ link limit | MB down the link | TCP conns |\n|---|---|---|---|---|---|---|---|\n")
+	for i, c := range all {
+		res := results[i]
+		if res.hung != "" {
+			fmt.Printf("| %s | 1 | hangs (deadlock) | — | — | — | — | — |\n", c.describe)
+			continue
+		}
+		m := median(seconds(res.times))
+		lo, hi := slices.Min(res.times).Seconds(), slices.Max(res.times).Seconds()
+		speed := "—"
+		if seed > 0 {
+			speed = fmt.Sprintf("%.2f×", seed/m)
+		}
+		down := "loopback"
+		if !c.direct {
+			down = mbString(res.down[len(res.down)/2])
+		}
+		fmt.Printf("| %s | %d | %.2f s | %.2f–%.2f | %s | %.2f | %s | %d |\n", c.describe, len(res.times), m, lo, hi, speed, m/linkLimit.Seconds(), down, res.conns[0])
+	}
+	fmt.Printf("| link limit: %s MB ÷ %.0f Mbit/s + 1 RTT | — | %.2f s | — | %s | 1.00 | — | — |\n",
+		mbString(cl.NarBytes), o.mbit, linkLimit.Seconds(), ratio(seed, linkLimit.Seconds()))
+	for i, c := range all {
+		if results[i].hung != "" {
+			fmt.Printf("\n%s: %s\n", c.id, results[i].hung)
+		}
+	}
+	// The model: with one connection every path costs a round trip for its
+	// info and one for its NAR, serially.
+	floor := -1.0
+	for i, c := range all {
+		if c.id == "floor" && len(results[i].times) > 0 {
+			floor = median(seconds(results[i].times))
+		}
+	}
+	model := float64(2*cl.Paths)*o.rtt.Seconds() + float64(cl.NarBytes)/bandwidth
+	fmt.Printf("\nmodel, one connection: 2 round trips × %d paths × %v + %s MB ÷ %.0f Mbit/s = %.2f s", cl.Paths, o.rtt, mbString(cl.NarBytes), o.mbit, model)
+	if floor > 0 {
+		fmt.Printf(", + %.2f s loopback floor = %.2f s", floor, model+floor)
+	}
+	fmt.Println()
+	return nil
+}
+
+func ratio(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// substitute runs one substitution of the closure into a fresh client and
+// removes the client afterwards.
+func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl closure, public string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
+	dir, err := os.MkdirTemp(work, c.id+"-")
+	if err != nil {
+		return 0, 0, 0, 0, "", err
+	}
+	defer removeAll(dir)
+	// The client's ssh config names the proxy's port (or sshd's, direct).
+	target := *s
+	target.Port = port
+	client, err := env.NewClient(dir, &target)
+	if err != nil {
+		return 0, 0, 0, 0, "", err
+	}
+	if err := s.Authorize(client.PublicKey); err != nil {
+		return 0, 0, 0, 0, "", err
+	}
+	if c.ssh != "" {
+		f, err := os.OpenFile(client.SSHConfig(), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+		_, err = f.WriteString(strings.ReplaceAll(c.ssh, "{dir}", dir))
+		f.Close()
+		if err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+	}
+	url := client.SubstituterURL()
+	if c.params != "" {
+		url += "?" + c.params
+	}
+	conf := fmt.Sprintf("substituters = %s\ntrusted-public-keys = %s\n%s", url, public, c.conf)
+	if c.conf != "" {
+		conf += "\n"
+	}
+	if err := os.WriteFile(filepath.Join(client.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		return 0, 0, 0, 0, "", err
+	}
+	var up0, down0, conns0 int64
+	if px != nil {
+		up0, down0 = px.Bytes()
+		conns0 = px.Connections()
+	}
+	hangAfter := time.Duration(0)
+	if c.mayHang {
+		hangAfter = o.hangAfter
+	}
+	out, d, hung, err := realise(client.Environ(), o.timeout, hangAfter, "nix-store", "--store", client.Store, "--realise", cl.Top)
+	if px != nil {
+		up1, down1 := px.Bytes()
+		up, down, conns = up1-up0, down1-down0, px.Connections()-conns0
+	}
+	if err != nil || hung != "" {
+		return d, up, down, conns, hung, err
+	}
+	if strings.TrimSpace(out) != cl.Top {
+		return 0, 0, 0, 0, "", fmt.Errorf("nix-store --realise printed %q, want %s", out, cl.Top)
+	}
+	r := client.Nix("nix-store", "--query", "--requisites", cl.Top)
+	if r.Err != nil {
+		return 0, 0, 0, 0, "", r.Err
+	}
+	if n := len(strings.Fields(r.Stdout)); n != cl.Paths {
+		return 0, 0, 0, 0, "", fmt.Errorf("client has %d paths of the closure, want %d", n, cl.Paths)
+	}
+	return d, up, down, conns, "", nil
+}
+
+func seconds(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = d.Seconds()
+	}
+	return out
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return -1
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
