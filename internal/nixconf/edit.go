@@ -24,6 +24,10 @@ type EditOptions struct {
 	// edit appends, so that whoever reads the file later knows where it came
 	// from (e.g. "added by nixcache client join for ssh-ng://nix-ssh@cache").
 	Comment string
+	// Defaults are settings written as NAME = VALUE when nothing assigns
+	// them yet (join's "fallback = true"); an assignment the admin made,
+	// whatever its value, is left as it is.
+	Defaults map[string]string
 }
 
 // Change is a planned edit of one file: its full old and new contents, so
@@ -89,7 +93,14 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 			}
 		}
 	}
-	if len(missing) == 0 {
+	var defaults []string
+	for name := range opt.Defaults {
+		if _, set := c.Get(name); !set {
+			defaults = append(defaults, name)
+		}
+	}
+	sort.Strings(defaults)
+	if len(missing) == 0 && len(defaults) == 0 {
 		return nil, nil
 	}
 	settings := make([]string, 0, len(missing))
@@ -100,7 +111,7 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 
 	target := c.Target()
 	if err := checkWritable(target); err != nil {
-		return nil, fmt.Errorf("cannot add %s: %w", strings.Join(settings, " and "), err)
+		return nil, fmt.Errorf("cannot add %s: %w", strings.Join(append(settings, defaults...), " and "), err)
 	}
 	if slices.Contains(c.Skipped, target) {
 		return nil, fmt.Errorf("cannot read %q, so it cannot be edited", target)
@@ -145,6 +156,9 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 			appended = append(appended, s+" = "+strings.Join(append(cur.Effective(s), m...), " "))
 		}
 	}
+	for _, name := range defaults {
+		appended = append(appended, name+" = "+opt.Defaults[name])
+	}
 	if len(appended) > 0 {
 		buf = appendLines(buf, opt.Comment, appended)
 	}
@@ -163,6 +177,14 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 				return nil, &OverrideError{Setting: s, File: last.file, Line: last.line, Target: target}
 			}
 			return nil, fmt.Errorf("the edit of %q would not make every value of %s effective", target, s)
+		}
+	}
+	for _, name := range defaults {
+		if v, _ := after.Get(name); !slices.Equal(v, []string{opt.Defaults[name]}) {
+			if last := after.lastPlain(name); last != nil && last.file != target {
+				return nil, &OverrideError{Setting: name, File: last.file, Line: last.line, Target: target}
+			}
+			return nil, fmt.Errorf("the edit of %q would not set %s", target, name)
 		}
 	}
 	return []Change{{Path: target, Old: old, New: buf, Exists: exists, Mode: mode}}, nil

@@ -137,3 +137,29 @@ func writeDir(t *testing.T, files map[string]string) string {
 	writeFiles(t, dir, files)
 	return dir
 }
+
+// join also sets fallback = true where nothing sets it; an admin's own
+// choice stands. Real Nix reads the result the same way.
+func TestDefaultsAreWrittenOnlyWhereUnset(t *testing.T) {
+	opt := EditOptions{GenericExtra: true, Defaults: map[string]string{"fallback": "true"}}
+	for conf, want := range map[string]string{
+		"sandbox = false\n":                   "true",
+		"fallback = false\nsandbox = false\n": "false",
+	} {
+		dir := writeDir(t, map[string]string{"nix.conf": conf})
+		changes, err := mustLoad(t, dir).Add(join, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Apply(changes, now); err != nil {
+			t.Fatal(err)
+		}
+		if got := showConfig(t, dir)["fallback"]; !slices.Equal(got, []string{want}) {
+			t.Errorf("%q: nix show-config says fallback = %q, want %s", conf, got, want)
+		}
+		again, err := mustLoad(t, dir).Add(join, opt)
+		if err != nil || len(again) != 0 {
+			t.Errorf("%q: a second Add plans %d changes (%v)", conf, len(again), err)
+		}
+	}
+}

@@ -122,6 +122,9 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 	opt := nixconf.EditOptions{
 		GenericExtra: genericExtra(ctx, loc.Socket, p.Config),
 		Comment:      "added by nixcache client join for " + p.Cache.URL,
+		// Nix fails a build when a substituter cannot be reached unless
+		// fallback is on: a cache that is down must not stop all work.
+		Defaults: map[string]string{"fallback": "true"},
 	}
 	p.NixConf, err = p.Config.Add(map[string][]string{
 		"substituters":        {p.Cache.URL},

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -433,4 +436,84 @@ func TestDoctorWithoutJoin(t *testing.T) {
 	if bytes.Contains([]byte(d.Stdout), []byte("✓")) {
 		t.Errorf("doctor passed checks on a machine that never joined:\n%s", d.Stdout)
 	}
+}
+
+// fallbackExpr is a derivation no cache has, built with the machine's
+// /bin/sh: what a client builds while its cache is down.
+// Three derivations in a chain, so that the cost per path asked shows.
+const fallbackExpr = `{ nonce }:
+let step = name: dep: derivation {
+  inherit name;
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo ${nonce} ${dep} > $out" ];
+};
+in step "fallback-3-${nonce}" (step "fallback-2-${nonce}" (step "fallback-1-${nonce}" ""))`
+
+// With the cache down, a build that asks it for substitutes must still
+// build, and soon: refused connections fail at once; a host that accepts
+// the connection and then says nothing costs ssh's ConnectTimeout (5s) per
+// connection attempt. The times are in the README.
+func TestCacheDownFallsBackToBuilding(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, proto harness.Protocol) {
+		c := newCache(t, proto)
+		// No cache.nixos.org: this machine has no internet, and its retries
+		// would blur the measurement.
+		m := newMachine(t, debianNixConf+"substituters =\n", false)
+		c.admit(t, c.join(t, m).Stdout)
+		if err := m.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		expr := filepath.Join(m.Dir, "fallback.nix")
+		if err := os.WriteFile(expr, []byte(fallbackExpr), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		addr := c.server.Addr()
+		c.server.Close()
+
+		buildTime := func(what string) time.Duration {
+			t.Helper()
+			start := time.Now()
+			r := harness.Run(m.Environ(), "nix-build", "--no-out-link", expr, "--argstr", "nonce", harness.Nonce())
+			took := time.Since(start)
+			if r.Err != nil {
+				t.Fatalf("%s: the build did not fall back to building: %v", what, r.Err)
+			}
+			t.Logf("%s: built in %v", what, took.Round(10*time.Millisecond))
+			return took
+		}
+		if took := buildTime("sshd down (connection refused)"); took > 30*time.Second {
+			t.Errorf("sshd down: the build took %v", took)
+		}
+
+		// A cache that accepts TCP connections and never answers.
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var held []net.Conn
+		var mu sync.Mutex
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				held = append(held, conn)
+				mu.Unlock()
+			}
+		}()
+		t.Cleanup(func() {
+			l.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, conn := range held {
+				conn.Close()
+			}
+		})
+		if took := buildTime("cache silent (accepts, never answers)"); took > 90*time.Second {
+			t.Errorf("silent cache: the build took %v", took)
+		}
+	})
 }

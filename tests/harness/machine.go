@@ -36,7 +36,7 @@ func (e *Env) NewMachine(dir, nixConf string, chroot bool) (*Machine, error) {
 	if chroot {
 		m.Store = filepath.Join(dir, "store")
 	}
-	for _, d := range []string{m.ConfDir, filepath.Join(dir, "home"), filepath.Join(dir, "client-etc-nix")} {
+	for _, d := range []string{m.ConfDir, filepath.Join(dir, "home")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
@@ -80,12 +80,13 @@ func (m *Machine) Restart() error {
 // Close stops the daemon.
 func (m *Machine) Close() { m.Stop() }
 
-// Environ is the environment of Nix commands run on the machine: they reach
-// its daemon with an empty nix.conf of their own, so that the daemon's
-// configuration alone decides, as it does for every user it does not trust
-// (root's client would otherwise pass its nix.conf on to the daemon).
+// Environ is the environment of Nix commands run on the machine as root:
+// they reach its daemon and read its nix.conf, as on a real machine. (Root
+// is trusted, so its client passes settings such as substituters on to the
+// daemon; the settings every client passes, such as fallback, come from
+// this nix.conf too.)
 func (m *Machine) Environ(extra ...string) []string {
-	return append(nixEnviron(filepath.Join(m.Dir, "home"), filepath.Join(m.Dir, "client-etc-nix"),
+	return append(nixEnviron(filepath.Join(m.Dir, "home"), m.ConfDir,
 		"NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+m.Socket), extra...)
 }
 
