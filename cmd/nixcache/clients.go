@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,15 +21,15 @@ and a comment. 'add' and 'remove' edit it (under a lock, atomically, and
 never on error); 'authorized-keys' turns it into sshd's authorized_keys file
 for the cache account, which is what actually grants or revokes access.
 
-The registry is --registry FILE (before or after the subcommand), default
-` + registry.DefaultPath + `.
+The registry is --registry FILE (before or after the subcommand), else
+registry-file in the config file, else ` + registry.DefaultPath + `.
 
 EXAMPLES:
-   nixcache clients add --key "$(cat build-01.pub)" --comment "CI runner" build-01
+   nixcache clients add build-01 --key "$(cat build-01.pub)" --comment "CI runner"
    nixcache clients list
    nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
    nixcache clients remove build-01`,
-		Flags: []cli.Flag{registryFlag()},
+		Flags: []cli.Flag{registryFlag(), configFlag()},
 		Subcommands: []*cli.Command{
 			clientsAddCommand(ui), clientsRemoveCommand(ui), clientsListCommand(ui), clientsAuthorizedKeysCommand(ui),
 		},
@@ -47,14 +46,21 @@ func registryFlag() cli.Flag {
 }
 
 // registryPath is --registry, given after the subcommand or before it,
-// else the default.
-func registryPath(c *cli.Context) string {
+// else registry-file from the config file, else the default.
+func registryPath(c *cli.Context) (string, error) {
 	for _, ctx := range c.Lineage() {
 		if ctx.IsSet("registry") {
-			return ctx.String("registry")
+			return ctx.String("registry"), nil
 		}
 	}
-	return registry.DefaultPath
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return "", err
+	}
+	if cfg.RegistryFile != "" {
+		return cfg.RegistryFile, nil
+	}
+	return registry.DefaultPath, nil
 }
 
 // regenerateHint says what makes a registry change take effect: sshd reads
@@ -65,19 +71,18 @@ func clientsAddCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "add",
 		Usage:     "register a client's SSH public key",
-		UsageText: "nixcache clients add [--registry FILE] --key KEY [--comment TEXT] NAME",
+		UsageText: "nixcache clients add NAME --key KEY [--comment TEXT] [--registry FILE]",
 		Description: `Registers the machine NAME with its SSH public key KEY, the content of its
 ".pub" file ("ssh-ed25519 AAAA... root@build-01"). NAME is 1 to 63 letters,
 digits, '.', '_' or '-', starting with a letter or digit. The key's own
 comment (root@build-01) becomes the client's comment unless --comment is
 given. A name is registered once, and a key under one name only.
 
-The registry (and its directory) is created by the first add. Flags go
-before NAME.
+The registry (and its directory) is created by the first add.
 
 EXAMPLES:
-   nixcache clients add --key "$(cat build-01.pub)" build-01
-   nixcache clients add --key "ssh-ed25519 AAAA..." --comment "Alice's laptop" laptop.alice`,
+   nixcache clients add build-01 --key "$(cat build-01.pub)"
+   nixcache clients add laptop.alice --key "ssh-ed25519 AAAA..." --comment "Alice's laptop"`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "key", Usage: "the client's SSH public key, `KEY` (\"ssh-ed25519 AAAA... [COMMENT]\")"},
 			&cli.StringFlag{Name: "comment", Usage: "a note on the client, `TEXT` (default: the key's own comment)"},
@@ -113,7 +118,10 @@ EXAMPLES:
 			} else if registry.ValidateComment(comment) != nil {
 				comment = "" // the key's comment is only a default
 			}
-			path := registryPath(c)
+			path, err := registryPath(c)
+			if err != nil {
+				return err
+			}
 			err = registry.Edit(path, true, func(r *registry.Registry) error { return r.Add(name, key, comment) })
 			switch {
 			case errors.Is(err, registry.ErrExists):
@@ -134,7 +142,7 @@ func clientsRemoveCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "remove",
 		Usage:     "unregister a client",
-		UsageText: "nixcache clients remove [--registry FILE] NAME",
+		UsageText: "nixcache clients remove NAME [--registry FILE]",
 		Description: `Removes the client NAME from the registry. Its key keeps working until the
 authorized_keys file is generated again.
 
@@ -147,7 +155,11 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
-			err = registry.Edit(registryPath(c), false, func(r *registry.Registry) error { return r.Remove(name) })
+			path, err := registryPath(c)
+			if err != nil {
+				return err
+			}
+			err = registry.Edit(path, false, func(r *registry.Registry) error { return r.Remove(name) })
 			if errors.Is(err, registry.ErrNotFound) {
 				return withHint(err, "'nixcache clients list' shows the registered clients")
 			}
@@ -183,7 +195,10 @@ EXAMPLES:
 			if c.NArg() > 0 {
 				return errUsage{fmt.Errorf("clients list takes no arguments, got %q", c.Args().First())}
 			}
-			path := registryPath(c)
+			path, err := registryPath(c)
+			if err != nil {
+				return err
+			}
 			r, err := registry.Load(path)
 			if err != nil {
 				return loadError(err)
@@ -257,7 +272,11 @@ EXAMPLES:
 			if _, err := registry.ServeCommand(proto, c.String("serve-command")); err != nil {
 				return errUsage{err}
 			}
-			r, err := registry.Load(registryPath(c))
+			path, err := registryPath(c)
+			if err != nil {
+				return err
+			}
+			r, err := registry.Load(path)
 			if err != nil {
 				return loadError(err)
 			}
@@ -277,11 +296,6 @@ EXAMPLES:
 // clientNameArg is the one NAME argument of add and remove.
 func clientNameArg(c *cli.Context) (string, error) {
 	args := c.Args().Slice()
-	for _, a := range args[min(1, len(args)):] {
-		if strings.HasPrefix(a, "-") {
-			return "", errUsage{fmt.Errorf("%q comes after the client name: flags go before NAME", a)}
-		}
-	}
 	switch len(args) {
 	case 0:
 		return "", errUsage{errors.New("no client name given")}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -32,11 +33,63 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	ui := newUI(stdout, stderr)
 	app := newApp(ui)
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if isUsage(err) {
 		err = withHint(err, fmt.Sprintf("run '%s --help' for usage", commandPath(app, args)))
 	}
 	return ui.exit(err)
+}
+
+// flagsFirst moves the flags of the command being run ahead of its
+// arguments, so that "clients add NAME --key KEY" works like
+// "clients add --key KEY NAME": urfave/cli stops reading flags at the first
+// argument. Everything after "--" stays an argument.
+func flagsFirst(app *cli.App, args []string) []string {
+	leaf, at := -1, 0
+	var flags []cli.Flag
+	cmds := app.Commands
+	for i := 1; i < len(args); i++ {
+		for _, c := range cmds {
+			if c.Name == args[i] {
+				leaf, flags, cmds = i, c.Flags, c.Subcommands
+				break
+			}
+		}
+	}
+	if leaf < 0 {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range flags {
+		v, ok := f.(cli.DocGenerationFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = ok && v.TakesValue()
+		}
+	}
+	out := slices.Clone(args[:leaf+1])
+	var positional []string
+	rest := args[leaf+1:]
+	for at = 0; at < len(rest); at++ {
+		a := rest[at]
+		if a == "--" {
+			positional = append(positional, rest[at:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			positional = append(positional, a)
+			continue
+		}
+		out = append(out, a)
+		name := strings.TrimLeft(a, "-")
+		if !strings.Contains(name, "=") && takesValue[name] && at+1 < len(rest) {
+			at++
+			out = append(out, rest[at])
+		}
+	}
+	if len(positional) > 0 && positional[0] != "--" {
+		out = append(out, "--")
+	}
+	return append(out, positional...)
 }
 
 // commandPath is the command line up to the (sub)command that ran, such as

@@ -37,6 +37,9 @@ type Config struct {
 	PublicKeyFile string `toml:"public-key-file"`
 	// TrustedPublicKeys are verify's keys when none is given on its command line.
 	TrustedPublicKeys []string `toml:"trusted-public-keys"`
+	// RegistryFile is the clients registry the clients commands edit;
+	// default /var/lib/nixcache/clients.toml.
+	RegistryFile string `toml:"registry-file"`
 }
 
 // maxSize caps the file: a configuration this size is a mistake.
@@ -71,7 +74,7 @@ func Load(path string, explicit bool) (*Config, error) {
 	// Relative paths in the file are relative to the file, not to wherever
 	// the command happens to run.
 	dir := filepath.Dir(path)
-	for _, p := range []*string{&c.SecretKeyFile, &c.PublicKeyFile} {
+	for _, p := range []*string{&c.SecretKeyFile, &c.PublicKeyFile, &c.RegistryFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -94,7 +97,7 @@ func Parse(text string) (*Config, error) {
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		k := undecoded[0]
-		return nil, fmt.Errorf("line %d: unknown setting %q (known: key-name, secret-key-file, public-key-file, trusted-public-keys)",
+		return nil, fmt.Errorf("line %d: unknown setting %q (known: key-name, secret-key-file, public-key-file, trusted-public-keys, registry-file)",
 			lineOf(text, k), k.String())
 	}
 	return withDefaults(&c), nil

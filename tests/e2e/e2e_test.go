@@ -30,9 +30,10 @@ func TestMain(m *testing.M) {
 
 // cache is a server with a signing key, as an admin sets one up.
 type cache struct {
-	server    *harness.Server
-	secretKey string
-	publicKey string
+	server       *harness.Server
+	secretKey    string
+	publicKey    string
+	registryFile string
 }
 
 func newCache(t *testing.T, proto harness.Protocol) *cache {

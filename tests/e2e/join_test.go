@@ -75,18 +75,35 @@ func (c *cache) join(t *testing.T, m *harness.Machine, extra ...string) harness.
 	return r
 }
 
-// admitted registers the key line join printed ("nixcache clients add NAME
-// --key 'LINE'") on the server.
+// admit has the admin run the command join printed ("nixcache clients add
+// NAME --key 'LINE'") against the cache's registry, and installs the
+// authorized_keys rendered from it.
 func (c *cache) admit(t *testing.T, joinOutput string) {
 	t.Helper()
-	_, line, ok := strings.Cut(joinOutput, "--key '")
-	if !ok {
-		t.Fatalf("join printed no key for the admin:\n%s", joinOutput)
+	line := strings.TrimSpace(joinOutput)
+	if !strings.HasPrefix(line, "nixcache clients add ") || strings.Contains(line, "\n") {
+		t.Fatalf("join printed no command for the admin:\n%s", joinOutput)
 	}
-	line, _, _ = strings.Cut(line, "'")
-	if err := c.server.Authorize(line); err != nil {
-		t.Fatal(err)
+	r := harness.Run(env.Environ("PATH="+filepath.Dir(nixcache)+":"+os.Getenv("PATH")), "sh", "-c", line+` --registry "$1"`, "sh", c.registry(t))
+	if r.Err != nil {
+		t.Fatal(r.Err)
 	}
+	authorize(t, c.server, c.registry(t), c.server.Protocol)
+}
+
+// revoke removes a machine from the registry and installs the result.
+func (c *cache) revoke(t *testing.T, name string) {
+	t.Helper()
+	clients(t, c.registry(t), "remove", name)
+	authorize(t, c.server, c.registry(t), c.server.Protocol)
+}
+
+// registry is the cache's clients registry, made on first use.
+func (c *cache) registry(t *testing.T) string {
+	if c.registryFile == "" {
+		c.registryFile = filepath.Join(t.TempDir(), "clients.toml")
+	}
+	return c.registryFile
 }
 
 // snapshot records every file under dirs: contents and mode.
@@ -370,10 +387,8 @@ func TestDoctorFindsEachBrokenPiece(t *testing.T) {
 		t.Errorf("doctor did not check a substitution:\n%s", out)
 	}
 
-	// The admin removes the machine's key.
-	if err := c.server.Authorize(); err != nil {
-		t.Fatal(err)
-	}
+	// The admin removes the machine from the registry.
+	c.revoke(t, filepath.Base(m.Dir))
 	out = doctor(false, "ssh login")
 	if !strings.Contains(out, "nixcache clients add "+filepath.Base(m.Dir)) {
 		t.Errorf("no hint to register the key:\n%s", out)
