@@ -71,7 +71,7 @@ func joinCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "join",
 		Usage:     "make the Nix daemon substitute from a cache over SSH",
-		UsageText: "nixcache client join --cache URL --public-key KEY (--host-key LINE | --host-key-fingerprint SHA256:... | --trust-on-first-use) [--dry-run] [--no-restart] [--nixos-module FILE]",
+		UsageText: "nixcache client join --cache URL --public-key KEY (--host-key LINE | --host-key-fingerprint SHA256:... | --trust-on-first-use) [--max-connections N] [--dry-run] [--no-restart] [--nixos-module FILE]",
 		Description: `Sets up this machine's Nix daemon to substitute from the cache at URL
 (ssh://USER@HOST[:PORT] or ssh-ng://USER@HOST[:PORT]; USER defaults to nix-ssh),
 accepting paths signed by KEY (the cache's public signing key, NAME:BASE64):
@@ -88,7 +88,13 @@ accepting paths signed by KEY (the cache's public signing key, NAME:BASE64):
   - adds the substituter and the key to nix.conf, keeping every other line,
     cache.nixos.org included, with a backup; a second run changes nothing.
     Determinate Nix's nix.custom.conf is edited instead of its nix.conf;
+  - sets fallback = true unless nix.conf sets fallback, so that builds go
+    on (building locally) while the cache is unreachable;
   - restarts the daemon (systemd, launchd), unless --no-restart.
+
+--max-connections N (N > 1) lets Nix fetch over N connections at once, which
+is what makes a high-latency link fast; it is refused on Nix before 2.32 and
+Lix before 2.93, where an SSH store with more than one connection hangs.
 
 Nothing is changed when anything is wrong. --dry-run prints every change as a
 diff and changes nothing. A nix.conf that NixOS or nix-darwin generates is not
@@ -110,6 +116,7 @@ EXAMPLES:
 			&cli.BoolFlag{Name: "trust-on-first-use", Usage: "fetch the host key and trust it without a check"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes as diffs; change nothing"},
 			&cli.BoolFlag{Name: "no-restart", Usage: "do not restart the daemon; print the command instead"},
+			&cli.IntFlag{Name: "max-connections", Value: 1, Usage: "substitute over `N` SSH connections (Nix 2.32+ or Lix 2.93+ only; older versions hang)"},
 			&cli.StringFlag{Name: "nixos-module", Usage: "if nix.conf is read-only (NixOS, nix-darwin), write the client module's configuration to `FILE`"},
 		}, locationFlags()...),
 		OnUsageError: usageError,
@@ -176,6 +183,10 @@ func joinRequest(c *cli.Context) (onboard.JoinRequest, error) {
 	if err != nil {
 		return req, errUsage{err}
 	}
+	u.MaxConnections = c.Int("max-connections")
+	if u.MaxConnections < 1 || u.MaxConnections > 64 {
+		return req, errUsage{fmt.Errorf("--max-connections must be between 1 and 64, got %d", u.MaxConnections)}
+	}
 	pk, err := nixkey.ParsePublicKey(c.String("public-key"))
 	if err != nil {
 		return req, errUsage{withHint(fmt.Errorf("--public-key: %w", err), "give the cache's public key as NAME:BASE64, as 'nixcache key public' prints it on the server")}
@@ -200,7 +211,11 @@ func joinError(err error, req onboard.JoinRequest) error {
 	var mismatch *onboard.HostKeyMismatch
 	var changed *sshconf.HostKeyChanged
 	var syntax *nixconf.SyntaxError
+	var unsafe *onboard.UnsafeMaxConnections
 	switch {
+	case errors.As(err, &unsafe):
+		return withHint(err, "nothing was changed",
+			"join without --max-connections (one connection works on every Nix), or upgrade Nix first")
 	case errors.As(err, &mismatch):
 		return withHint(err, "nothing was changed",
 			"check the fingerprint with the cache's admin; if it is right, someone may be intercepting the connection")

@@ -181,6 +181,9 @@ func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 			d.add(c.URL, "nix.conf", OK, fmt.Sprintf("substituter and trusted public key are set (%q)", d.conf.Main))
 		}
 	}
+	if u, err := sshconf.ParseSubstituter(c.URL); err == nil && u.MaxConnections > 1 {
+		d.checkMaxConnections(ctx, c)
+	}
 	if !d.checkHostKey(ctx, c) {
 		return
 	}
@@ -409,4 +412,19 @@ func (d *doctor) probePath(c sshconf.Cache, key nixkey.PublicKey, remote, local 
 		return "", false
 	}
 	return best, true
+}
+
+// checkMaxConnections fails when the daemon's Nix hangs with the
+// max-connections the cache was joined with (Nix was downgraded, say).
+func (d *doctor) checkMaxConnections(ctx context.Context, c sshconf.Cache) {
+	v, err := daemonVersion(ctx, d.opt.Loc.Socket)
+	if err == nil {
+		err = sshconf.MaxConnectionsSafe(v.nix)
+	}
+	if err != nil {
+		d.add(c.URL, "max-connections", Failed, err.Error(),
+			"join again without --max-connections: substitutions from this cache would hang")
+		return
+	}
+	d.add(c.URL, "max-connections", OK, fmt.Sprintf("Nix %s handles more than one SSH connection", v.nix))
 }

@@ -119,8 +119,19 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 
 	// nix.conf first: a read-only one (NixOS, nix-darwin) stops here, with
 	// the host key known for the module snippet.
+	ver, verErr := daemonVersion(ctx, loc.Socket)
+	if n := req.Cache.MaxConnections; n > 1 {
+		if verErr != nil {
+			return nil, fmt.Errorf("--max-connections %d needs the daemon's Nix version, and the daemon cannot be asked: %w", n, verErr)
+		}
+		if err := sshconf.MaxConnectionsSafe(ver.nix); err != nil {
+			return nil, &UnsafeMaxConnections{err}
+		}
+	}
 	opt := nixconf.EditOptions{
-		GenericExtra: genericExtra(ctx, loc.Socket, p.Config),
+		// Determinate Nix (nix.custom.conf) is always recent; otherwise a
+		// daemon that cannot be asked gets the full list every Nix reads.
+		GenericExtra: filepath.Base(p.Config.Target()) == "nix.custom.conf" || verErr == nil && ver.genericExtra(),
 		Comment:      "added by nixcache client join for " + p.Cache.URL,
 		// Nix fails a build when a substituter cannot be reached unless
 		// fallback is on: a cache that is down must not stop all work.
@@ -196,23 +207,32 @@ func (p *Plan) addSSHFile(path string, old fileState, data []byte, mode fs.FileM
 	p.SSHFiles = append(p.SSHFiles, FileChange{Path: path, Old: old.data, New: data, Exists: old.exists, Mode: mode, Backup: backup && old.exists})
 }
 
-// genericExtra says whether the Nix that reads nix.conf understands
-// `extra-NAME` for every setting (Nix 2.4, protocol 1.32, and later).
-// When the daemon cannot be asked, nixconf writes the full list, which
-// every version reads.
-func genericExtra(ctx context.Context, socket string, conf *nixconf.Config) bool {
-	if filepath.Base(conf.Target()) == "nix.custom.conf" {
-		return true // Determinate Nix
-	}
+// version is what the daemon says of itself in the handshake.
+type version struct {
+	protocol daemon.Version
+	nix      string // from protocol 1.33 (Nix 2.5) on
+}
+
+// genericExtra says whether this Nix understands `extra-NAME` for every
+// setting: Nix 2.4 (protocol 1.32) and later.
+func (v version) genericExtra() bool { return v.protocol.Minor() >= 32 }
+
+func daemonVersion(ctx context.Context, socket string) (version, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	c, err := daemon.Dial(ctx, socket)
 	if err != nil {
-		return false
+		return version{}, err
 	}
 	defer c.Close()
-	return c.DaemonVersion.Minor() >= 32
+	return version{c.DaemonVersion, c.DaemonNixVersion}, nil
 }
+
+// UnsafeMaxConnections refuses max-connections > 1 on a Nix that hangs
+// with it.
+type UnsafeMaxConnections struct{ Err error }
+
+func (e *UnsafeMaxConnections) Error() string { return e.Err.Error() }
 
 // HostKeyMismatch says the server's key is not the one join was told to
 // expect.

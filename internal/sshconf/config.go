@@ -27,6 +27,10 @@ var Tuning = []string{
 	"ConnectTimeout 5",
 	"ServerAliveInterval 5",
 	"ServerAliveCountMax 3",
+	// A ControlMaster of root's own would carry the daemon's sessions
+	// over a connection made with other settings; Nix runs its own master
+	// when it wants one.
+	"ControlMaster no",
 }
 
 const managedHeader = `# Managed by 'nixcache client join': rewritten on every join, do not edit.
@@ -90,7 +94,7 @@ func (d Dir) ReadManaged() ([]Cache, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%q line %d: bad port", d.Managed(), i+1)
 		}
-		u, err := ParseURL(f[2])
+		u, err := ParseSubstituter(f[2])
 		if err != nil {
 			return nil, fmt.Errorf("%q line %d: %v", d.Managed(), i+1, err)
 		}
@@ -100,9 +104,12 @@ func (d Dir) ReadManaged() ([]Cache, error) {
 	return caches, nil
 }
 
-// WithCache returns caches with c added, replacing any for the same URL.
+// WithCache returns caches with c added, replacing any for the same
+// account on the same host.
 func WithCache(caches []Cache, c Cache) []Cache {
-	out := slices.DeleteFunc(slices.Clone(caches), func(o Cache) bool { return o.URL == c.URL })
+	out := slices.DeleteFunc(slices.Clone(caches), func(o Cache) bool {
+		return o.Target.User == c.Target.User && o.Target.Host == c.Target.Host
+	})
 	return append(out, c)
 }
 

@@ -3,6 +3,7 @@ package sshconf
 import (
 	"fmt"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -12,14 +13,28 @@ import (
 type URL struct {
 	Scheme string // "ssh" or "ssh-ng"
 	Target Target
+	// MaxConnections > 1 lets Nix substitute over that many connections;
+	// see MaxConnectionsSafe.
+	MaxConnections int
 }
+
+// safeName is what a user or host name may look like. ssh receives
+// "USER@HOST" as an argument: nothing in it may read as an option or reach
+// a shell.
+var safeName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
 
 // DefaultUser is the cache account NixOS's nix.sshServe creates.
 const DefaultUser = "nix-ssh"
 
 // ParseURL parses a cache address; the user defaults to nix-ssh and the port
 // to 22.
-func ParseURL(s string) (URL, error) {
+func ParseURL(s string) (URL, error) { return parseURL(s, false) }
+
+// ParseSubstituter parses a substituter URL as join writes it: ParseURL's
+// form plus the max-connections parameter.
+func ParseSubstituter(s string) (URL, error) { return parseURL(s, true) }
+
+func parseURL(s string, params bool) (URL, error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Opaque != "" {
 		return URL{}, fmt.Errorf("cache address %q is not a URL like ssh-ng://nix-ssh@cache.example.org", s)
@@ -27,7 +42,17 @@ func ParseURL(s string) (URL, error) {
 	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" {
 		return URL{}, fmt.Errorf("cache address %q: the scheme must be ssh:// or ssh-ng://", s)
 	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+	q := u.Query()
+	maxConns := 0
+	if params && q.Has("max-connections") {
+		n, err := strconv.Atoi(q.Get("max-connections"))
+		if err != nil || n < 1 {
+			return URL{}, fmt.Errorf("cache address %q: bad max-connections", s)
+		}
+		maxConns = n
+		q.Del("max-connections")
+	}
+	if (u.Path != "" && u.Path != "/") || len(q) > 0 || u.Fragment != "" {
 		return URL{}, fmt.Errorf("cache address %q: give only USER@HOST[:PORT]; nixcache chooses the store parameters", s)
 	}
 	host := u.Hostname()
@@ -42,9 +67,12 @@ func ParseURL(s string) (URL, error) {
 		return URL{}, fmt.Errorf("cache address %q: Nix never uses ssh for \"localhost\"; use 127.0.0.1 or the machine's name", s)
 	}
 	t := Target{User: DefaultUser, Host: host, Port: 22}
+	if !safeName.MatchString(host) {
+		return URL{}, fmt.Errorf("cache address %q: %q is not a host name", s, host)
+	}
 	if u.User != nil {
-		if _, hasPass := u.User.Password(); hasPass || u.User.Username() == "" {
-			return URL{}, fmt.Errorf("cache address %q: give a user name and no password", s)
+		if _, hasPass := u.User.Password(); hasPass || !safeName.MatchString(u.User.Username()) {
+			return URL{}, fmt.Errorf("cache address %q: give a user name (letters, digits, '.', '_', '-') and no password", s)
 		}
 		t.User = u.User.Username()
 	}
@@ -55,11 +83,35 @@ func ParseURL(s string) (URL, error) {
 		}
 		t.Port = n
 	}
-	return URL{Scheme: u.Scheme, Target: t}, nil
+	return URL{Scheme: u.Scheme, Target: t, MaxConnections: maxConns}, nil
 }
 
 // Substituter is the URL for nix.conf: the port is left to ssh's
 // configuration, since Nix 2.8 reads "host:port" as a host name.
 func (u URL) Substituter() string {
-	return fmt.Sprintf("%s://%s@%s", u.Scheme, u.Target.User, u.Target.Host)
+	s := fmt.Sprintf("%s://%s@%s", u.Scheme, u.Target.User, u.Target.Host)
+	if u.MaxConnections > 1 {
+		s += fmt.Sprintf("?max-connections=%d", u.MaxConnections)
+	}
+	return s
+}
+
+// MaxConnectionsSafe says whether a Nix of version v (as its daemon
+// reports it, "2.8.0") can use max-connections > 1 on an SSH store. With
+// more than one connection Nix starts an SSH master, and from Nix 2.4 until
+// 2.32 (NixOS/nix#13902) and in Lix before 2.93 the child it forks takes a
+// lock the parent holds, before exec: the substitution hangs for ever,
+// with no ssh process. Lix numbers its releases from 2.90.
+func MaxConnectionsSafe(v string) error {
+	var major, minor int
+	if _, err := fmt.Sscanf(v, "%d.%d", &major, &minor); err != nil || major != 2 {
+		return fmt.Errorf("Nix version %q is not one nixcache knows to be safe with max-connections > 1", v)
+	}
+	switch {
+	case minor >= 32 && minor < 90, minor >= 93:
+		return nil
+	case minor >= 90:
+		return fmt.Errorf("Lix %s hangs with max-connections > 1 (an SSH master deadlock, fixed in Lix 2.93)", v)
+	}
+	return fmt.Errorf("Nix %s hangs with max-connections > 1 (an SSH master deadlock, fixed in Nix 2.32 by NixOS/nix#13902)", v)
 }

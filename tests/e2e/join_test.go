@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixcache/nixcache/internal/sshconf"
 	"github.com/nixcache/nixcache/tests/harness"
 )
 
@@ -531,4 +532,25 @@ func TestCacheDownFallsBackToBuilding(t *testing.T) {
 			t.Errorf("silent cache: the build took %v", took)
 		}
 	})
+}
+
+// max-connections > 1 deadlocks Nix before 2.32 (Lix before 2.93): join asks
+// the daemon its version and refuses there, changing nothing; where it is
+// safe, the substituter gets the parameter. (Only Nix 2.8 ran here.)
+func TestJoinMaxConnectionsOnlyWhereNixCopes(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key", c.server.HostKey, "--max-connections", "8")
+	if sshconf.MaxConnectionsSafe(daemonVersion(t)) == nil {
+		if r.Err != nil || !strings.Contains(readFile(t, filepath.Join(m.ConfDir, "nix.conf")), "?max-connections=8") {
+			t.Errorf("join --max-connections 8 on Nix %s: %v", daemonVersion(t), r.Err)
+		}
+		return
+	}
+	if r.Err == nil || !strings.Contains(r.Stderr, "hangs with max-connections > 1") || !strings.Contains(r.Stderr, "nothing was changed") {
+		t.Errorf("join accepted max-connections on a Nix that hangs with it: %v\n%s", r.Err, r.Stderr)
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
 }
