@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixcache/nixcache/tests/bench/stats"
 	"github.com/nixcache/nixcache/tests/harness"
 )
 
@@ -105,9 +106,9 @@ func run(minPaths, pairs int) error {
 	}
 	fmt.Printf("\n| tool | median of %d runs |\n|---|---|\n", pairs)
 	for t := range tools {
-		fmt.Printf("| `%s` | %.2f s |\n", tools[t].name, median(seconds(times[t])))
+		fmt.Printf("| `%s` | %.2f s |\n", tools[t].name, stats.Median(stats.Seconds(times[t])))
 	}
-	fmt.Printf("\nmedian ratio nixcache/nix over %d pairs: %.2f (per pair: %s)\n", pairs, median(ratios), fmtFloats(ratios))
+	fmt.Printf("\nmedian ratio nixcache/nix over %d pairs: %.2f (per pair: %s)\n", pairs, stats.Median(ratios), fmtFloats(ratios))
 	return nil
 }
 
@@ -142,22 +143,6 @@ func fillStore(env *harness.Env, work, store string, n int) (int, error) {
 
 func withoutRemote(env []string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(s string) bool { return strings.HasPrefix(s, "NIX_REMOTE=") })
-}
-
-func seconds(ds []time.Duration) []float64 {
-	out := make([]float64, len(ds))
-	for i, d := range ds {
-		out[i] = d.Seconds()
-	}
-	return out
-}
-
-func median(xs []float64) float64 {
-	s := slices.Sorted(slices.Values(xs))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func fmtFloats(xs []float64) string {

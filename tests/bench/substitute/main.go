@@ -31,6 +31,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixcache/nixcache/tests/bench/stats"
 	"github.com/nixcache/nixcache/tests/bench/substitute/linkproxy"
 	"github.com/nixcache/nixcache/tests/harness"
 )
@@ -203,7 +204,7 @@ func run(o options) error {
 	seed := -1.0
 	for i, c := range all {
 		if c.id == "seed" && len(results[i].times) > 0 {
-			seed = median(seconds(results[i].times))
+			seed = stats.Median(stats.Seconds(results[i].times))
 		}
 	}
 	fmt.Printf("\n| configuration | runs | median | min–max | seed ÷ this | this ÷ link limit | MB down the link | TCP conns |\n|---|---|---|---|---|---|---|---|\n")
@@ -213,7 +214,7 @@ func run(o options) error {
 			fmt.Printf("| %s | 1 | hangs (deadlock) | — | — | — | — | — |\n", c.describe)
 			continue
 		}
-		m := median(seconds(res.times))
+		m := stats.Median(stats.Seconds(res.times))
 		lo, hi := slices.Min(res.times).Seconds(), slices.Max(res.times).Seconds()
 		speed := "—"
 		if seed > 0 {
@@ -237,7 +238,7 @@ func run(o options) error {
 	floor := -1.0
 	for i, c := range all {
 		if c.id == "floor" && len(results[i].times) > 0 {
-			floor = median(seconds(results[i].times))
+			floor = stats.Median(stats.Seconds(results[i].times))
 		}
 	}
 	model := float64(2*cl.Paths)*o.rtt.Seconds() + float64(cl.NarBytes)/bandwidth
@@ -324,23 +325,4 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 		return 0, 0, 0, 0, "", fmt.Errorf("client has %d paths of the closure, want %d", n, cl.Paths)
 	}
 	return d, up, down, conns, "", nil
-}
-
-func seconds(ds []time.Duration) []float64 {
-	out := make([]float64, len(ds))
-	for i, d := range ds {
-		out[i] = d.Seconds()
-	}
-	return out
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return -1
-	}
-	s := slices.Sorted(slices.Values(xs))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
