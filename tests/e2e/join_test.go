@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -386,6 +387,16 @@ func TestDoctorFindsEachBrokenPiece(t *testing.T) {
 	out := doctor(true)
 	if !strings.Contains(out, "✓ substitution") {
 		t.Errorf("doctor did not check a substitution:\n%s", out)
+	}
+	js := onMachine(m, "client", "doctor", "--json")
+	var report struct {
+		OK     bool `json:"ok"`
+		Checks []struct {
+			Check, Status string
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(js.Stdout), &report); err != nil || js.Err != nil || !report.OK || len(report.Checks) < 7 {
+		t.Errorf("doctor --json: %v, %v, %+v\n%s", js.Err, err, report, js.Stdout)
 	}
 
 	// The admin removes the machine from the registry.
