@@ -230,22 +230,26 @@ func TestJoinWithWrongFingerprintChangesNothing(t *testing.T) {
 	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
 }
 
-// A pinned host key that the server no longer presents stops a later join.
+// A pinned host key that the server no longer presents stops a later join,
+// however the new key is offered.
 func TestJoinRefusesAChangedHostKey(t *testing.T) {
 	c := newCache(t, harness.SSHNG)
 	m := newMachine(t, debianNixConf, true)
 	c.join(t, m)
-	pinFile := filepath.Join(m.SSHDir, "nixcache_known_hosts")
-	other := newCache(t, harness.SSHNG)
-	pin := readFile(t, pinFile)
-	forged := strings.Replace(pin, strings.Fields(c.server.HostKey)[1], strings.Fields(other.server.HostKey)[1], 1)
-	if err := os.WriteFile(pinFile, []byte(forged), 0o644); err != nil {
+	if err := c.server.ReplaceHostKey(); err != nil {
 		t.Fatal(err)
 	}
 	before := snapshot(t, m.ConfDir, m.SSHDir)
-	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey, "--trust-on-first-use")
-	if r.Err == nil || !strings.Contains(r.Stderr, "has changed") {
-		t.Fatalf("join accepted a server whose host key changed: %v\n%s", r.Err, r.Stderr)
+	for _, source := range [][]string{
+		{"--trust-on-first-use"},
+		{"--host-key-fingerprint", hostKeyFingerprint(t, c.server.HostKey)},
+		{"--host-key", c.server.HostKey},
+	} {
+		args := append([]string{"client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey}, source...)
+		r := onMachine(m, args...)
+		if r.Err == nil || !strings.Contains(r.Stderr, "has changed") || !strings.Contains(r.Stderr, "nixcache_known_hosts") {
+			t.Errorf("join %s accepted a server whose host key changed: %v\n%s", source[0], r.Err, r.Stderr)
+		}
 	}
 	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
 }
@@ -408,21 +412,21 @@ func TestDoctorFindsEachBrokenPiece(t *testing.T) {
 	c.admit(t, registered)
 	doctor(true)
 
-	// The pinned host key no longer matches the server's.
-	pinFile := filepath.Join(m.SSHDir, "nixcache_known_hosts")
-	pin := readFile(t, pinFile)
-	other := newCache(t, harness.SSHNG)
-	forged := strings.Replace(pin, strings.Fields(c.server.HostKey)[1], strings.Fields(other.server.HostKey)[1], 1)
-	if err := os.WriteFile(pinFile, []byte(forged), 0o644); err != nil {
+	// The server's host key changes (reinstalled, or someone in the middle).
+	if err := c.server.ReplaceHostKey(); err != nil {
 		t.Fatal(err)
 	}
 	out = doctor(false, "host key")
-	if !strings.Contains(out, "has changed") {
+	if !strings.Contains(out, "has changed") || !strings.Contains(out, "do not proceed") {
 		t.Errorf("doctor does not say the host key changed:\n%s", out)
 	}
-	if err := os.WriteFile(pinFile, []byte(pin), 0o644); err != nil {
+	// The admin confirms the new key; as the hint says, the old pin goes
+	// and the machine joins again.
+	if err := os.Remove(filepath.Join(m.SSHDir, "nixcache_known_hosts")); err != nil {
 		t.Fatal(err)
 	}
+	c.join(t, m)
+	doctor(true)
 
 	// nix.conf reverted to what it was: the daemon's settings are stale
 	// until it restarts, then they lack the cache.

@@ -38,6 +38,7 @@ type Server struct {
 
 	authorizedKeys string
 	sshd           *process
+	env            *Env
 }
 
 // forceCommand is what nixpkgs' nix-ssh-serve.nix generates for protocol,
@@ -64,32 +65,54 @@ func (e *Env) StartServer(p Protocol) (*Server, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	s := &Server{Protocol: p, Dir: dir, authorizedKeys: filepath.Join(dir, "authorized_keys", CacheUser)}
+	s := &Server{Protocol: p, Dir: dir, authorizedKeys: filepath.Join(dir, "authorized_keys", CacheUser), env: e}
 	if err := os.Mkdir(filepath.Dir(s.authorizedKeys), 0o755); err != nil {
 		return nil, err
 	}
 	if err := s.Authorize(); err != nil {
 		return nil, err
 	}
-	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
-	if r := Run(e.Environ(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", hostKey); r.Err != nil {
-		return nil, r.Err
-	}
-	pub, err := os.ReadFile(hostKey + ".pub")
-	if err != nil {
+	if err := s.newHostKey(); err != nil {
 		return nil, err
 	}
-	s.HostKey = strings.Join(strings.Fields(string(pub))[:2], " ")
 	// A port taken between this probe and sshd's bind makes sshd exit,
 	// which waitReady reports; tests then fail loudly rather than hang.
 	if s.Port, err = freePort(); err != nil {
 		return nil, err
 	}
-	if err := s.start(e, hostKey); err != nil {
+	if err := s.start(e, s.hostKeyFile()); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+func (s *Server) hostKeyFile() string { return filepath.Join(s.Dir, "ssh_host_ed25519_key") }
+
+// newHostKey makes a fresh host key and sets HostKey.
+func (s *Server) newHostKey() error {
+	path := s.hostKeyFile()
+	os.Remove(path)
+	os.Remove(path + ".pub")
+	if r := Run(s.env.Environ(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", path); r.Err != nil {
+		return r.Err
+	}
+	pub, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		return err
+	}
+	s.HostKey = strings.Join(strings.Fields(string(pub))[:2], " ")
+	return nil
+}
+
+// ReplaceHostKey restarts sshd on the same port with a new host key, as a
+// reinstalled server (or one in the middle) would present.
+func (s *Server) ReplaceHostKey() error {
+	s.sshd.stop()
+	if err := s.newHostKey(); err != nil {
+		return err
+	}
+	return s.start(s.env, s.hostKeyFile())
 }
 
 func (s *Server) start(e *Env, hostKey string) error {
@@ -102,7 +125,7 @@ func (s *Server) start(e *Env, hostKey string) error {
 		return err
 	}
 	home := filepath.Join(s.Dir, "empty")
-	if err := os.Mkdir(home, 0o755); err != nil {
+	if err := os.MkdirAll(home, 0o755); err != nil {
 		return err
 	}
 	cfg := fmt.Sprintf(`Port %d
