@@ -1,7 +1,10 @@
 // Command quickstart runs a complete private cache on this machine and
 // shows each step: a signing key made by nixcache, a closure built and
-// signed on the "server", served over SSH to the nix-ssh account, and
-// substituted into a fresh client store that checks the signatures.
+// signed on the "server", served over SSH to the nix-ssh account; a client
+// machine (its own nix.conf, root's ssh directory and daemon, all under a
+// temporary directory) joined with `nixcache client join`, admitted through
+// the clients registry, substituting the closure, checking its signatures,
+// and diagnosed by `nixcache client doctor`.
 //
 // Run it through scripts/quickstart.sh, which installs what is missing.
 package main
@@ -14,6 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nixcache/nixcache/tests/harness"
 )
@@ -88,38 +93,77 @@ func run(proto harness.Protocol, keep bool) error {
 	defer server.Close()
 	fmt.Println(indent(fmt.Sprintf("listening on %s, host key %s", server.Addr(), server.HostKey)))
 
-	step("client: a root SSH key of its own, the server's host key pinned, authorized on the server")
-	client, err := env.NewClient(filepath.Join(dir, "client"), server)
+	step("client: nixcache client join (a client machine of its own: nix.conf, root's ssh directory, nix-daemon)")
+	m, err := env.NewMachine(filepath.Join(dir, "client"), "sandbox = false\nbuild-users-group = nixbld\n", true)
 	if err != nil {
 		return err
 	}
-	if err := server.Authorize(client.PublicKey); err != nil {
+	defer m.Close()
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(server.HostKey))
+	if err != nil {
 		return err
 	}
-	if err := client.UseCache(publicKey); err != nil {
+	cacheURL := fmt.Sprintf("%s://%s@127.0.0.1:%d", proto, harness.CacheUser, server.Port)
+	fmt.Println(indent(fmt.Sprintf("nixcache client join --cache %s --public-key %s --host-key-fingerprint %s",
+		cacheURL, publicKey, ssh.FingerprintSHA256(hostKey))))
+	onClient := []string{"--nix-conf-dir", m.ConfDir, "--ssh-dir", m.SSHDir, "--service-manager", "none", "--name", "quickstart-client"}
+	r = harness.Run(m.Environ(), nixcache, append([]string{"client", "join", "--cache", cacheURL, "--public-key", publicKey,
+		"--host-key-fingerprint", ssh.FingerprintSHA256(hostKey)}, onClient...)...)
+	if err := show(r); err != nil {
 		return err
 	}
-	conf, _ := os.ReadFile(filepath.Join(client.ConfDir, "nix.conf"))
-	fmt.Println(indent("nix.conf:\n" + strings.TrimSpace(string(conf))))
+	conf, _ := os.ReadFile(filepath.Join(m.ConfDir, "nix.conf"))
+	fmt.Println(indent("nix.conf is now:\n" + strings.TrimSpace(string(conf))))
 
-	step("client: substituting %s into a fresh store", closure.Top)
-	if err := show(client.Substitute(closure.Top)); err != nil {
+	step("server: the admin runs the line join printed, and renders authorized_keys from the registry")
+	registry := filepath.Join(dir, "server", "clients.toml")
+	add := strings.TrimSpace(r.Stdout) + ` --registry "$1"`
+	if err := show(harness.Run(env.Environ("PATH="+filepath.Dir(nixcache)+":"+os.Getenv("PATH")), "sh", "-c", add, "sh", registry)); err != nil {
+		return err
+	}
+	r = harness.Run(env.Environ(), nixcache, "clients", "authorized-keys", "--registry", registry, "--protocol", string(proto))
+	if err := show(r); err != nil {
+		return err
+	}
+	var lines []string
+	for _, l := range strings.Split(r.Stdout, "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if err := server.Authorize(lines...); err != nil {
+		return err
+	}
+
+	step("client: the daemon restarts (here the quickstart's own; on a real client join runs systemctl or launchctl)")
+	if err := m.Restart(); err != nil {
+		return err
+	}
+
+	step("client: the daemon substitutes %s", closure.Top)
+	if err := show(m.Realise(closure.Top)); err != nil {
 		return fmt.Errorf("substitution failed: %w\nsshd log:\n%s", err, server.Log())
 	}
 
 	step("client: checking the signatures with the cache's public key")
-	if err := show(client.Nix("nix", "--extra-experimental-features", "nix-command", "store", "verify",
+	if err := show(harness.Run(m.Environ(), "nix", "--extra-experimental-features", "nix-command", "store", "verify",
 		"--sigs-needed", "1", "--recursive", closure.Top)); err != nil {
+		return err
+	}
+
+	step("client: nixcache client doctor")
+	if err := show(harness.Run(m.Environ(), nixcache, append([]string{"client", "doctor"}, onClient...)...)); err != nil {
 		return err
 	}
 	fmt.Printf("\nOK: %d paths substituted over %s and verified against %s\n", len(closure.Paths), proto, publicKey)
 
 	if keep {
-		fmt.Printf("\nThe cache keeps running. To use it from this shell:\n"+
-			"    export NIX_CONF_DIR=%s NIX_SSHOPTS='-F %s'\n"+
-			"    nix-store --store %s --realise %s\n"+
+		fmt.Printf("\nThe cache and the client's daemon keep running. To use them from this shell:\n"+
+			"    export NIX_REMOTE=daemon NIX_DAEMON_SOCKET_PATH=%s NIX_CONF_DIR=%s\n"+
+			"    nix-store --realise %s\n"+
+			"    %s client doctor --nix-conf-dir %s --ssh-dir %s --service-manager none\n"+
 			"Interrupt (Ctrl-C) to stop and clean up.\n",
-			client.ConfDir, client.SSHConfig(), client.Store, closure.Top)
+			m.Socket, m.ConfDir, closure.Top, nixcache, m.ConfDir, m.SSHDir)
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 		<-sig

@@ -71,13 +71,16 @@ func main() {
 
 // config is one way of setting up the client.
 type config struct {
-	id       string
-	proto    harness.Protocol
-	params   string // the substituter URL's query
-	conf     string // extra nix.conf lines
-	ssh      string // extra ssh_config lines ({dir} is the client's directory)
-	direct   bool   // straight to sshd, no proxy: the machine's own floor
-	mayHang  bool   // max-connections > 1: Nix's own SSH master
+	id      string
+	proto   harness.Protocol
+	params  string // the substituter URL's query
+	conf    string // extra nix.conf lines
+	ssh     string // extra ssh_config lines ({dir} is the client's directory)
+	direct  bool   // straight to sshd, no proxy: the machine's own floor
+	mayHang bool   // max-connections > 1: Nix's own SSH master
+	// join: `nixcache client join` writes the client's nix.conf and ssh
+	// configuration, exactly as on a real client.
+	join     bool
 	describe string
 }
 
@@ -87,6 +90,7 @@ func configs(jobs int) []config {
 		{id: "floor", proto: harness.SSH, direct: true, describe: "ssh://, defaults, no proxy (loopback floor)"},
 		{id: "seed", proto: harness.SSH, describe: "seed: ssh://, Nix defaults"},
 		{id: "ng", proto: harness.SSHNG, describe: "ssh-ng://, defaults"},
+		{id: "join", proto: harness.SSHNG, join: true, describe: "what `nixcache client join` writes (ssh-ng://)"},
 		{id: "compress", proto: harness.SSH, params: "compress=true", describe: "ssh://?compress=true"},
 		{id: "jobs", proto: harness.SSH, conf: "max-jobs = " + j, describe: "ssh://, max-jobs = " + j},
 		{id: "ng-jobs", proto: harness.SSHNG, conf: "max-jobs = " + j, describe: "ssh-ng://, max-jobs = " + j},
@@ -183,7 +187,7 @@ func run(o options) error {
 				px = proxies[c.proto]
 				port = px.Port()
 			}
-			d, bytesUp, bytesDown, conns, hung, err := substitute(env, work, s, port, px, c, cl, public, o)
+			d, bytesUp, bytesDown, conns, hung, err := substitute(env, work, s, port, px, c, cl, public, nixcache, o)
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", c.id, r+1, err)
 			}
@@ -259,7 +263,7 @@ func ratio(a, b float64) string {
 
 // substitute runs one substitution of the closure into a fresh client and
 // removes the client afterwards.
-func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl closure, public string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
+func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl closure, public, nixcache string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
 	dir, err := os.MkdirTemp(work, c.id+"-")
 	if err != nil {
 		return 0, 0, 0, 0, "", err
@@ -286,16 +290,23 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 			return 0, 0, 0, 0, "", err
 		}
 	}
-	url := client.SubstituterURL()
-	if c.params != "" {
-		url += "?" + c.params
-	}
-	conf := fmt.Sprintf("substituters = %s\ntrusted-public-keys = %s\n%s", url, public, c.conf)
-	if c.conf != "" {
-		conf += "\n"
-	}
-	if err := os.WriteFile(filepath.Join(client.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
-		return 0, 0, 0, 0, "", err
+	clientEnv := client.Environ()
+	if c.join {
+		if clientEnv, err = join(env, client, s, port, public, nixcache); err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+	} else {
+		url := client.SubstituterURL()
+		if c.params != "" {
+			url += "?" + c.params
+		}
+		conf := fmt.Sprintf("substituters = %s\ntrusted-public-keys = %s\n%s", url, public, c.conf)
+		if c.conf != "" {
+			conf += "\n"
+		}
+		if err := os.WriteFile(filepath.Join(client.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+			return 0, 0, 0, 0, "", err
+		}
 	}
 	var up0, down0, conns0 int64
 	if px != nil {
@@ -306,7 +317,7 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 	if c.mayHang {
 		hangAfter = o.hangAfter
 	}
-	out, d, hung, err := realise(client.Environ(), o.timeout, hangAfter, "nix-store", "--store", client.Store, "--realise", cl.Top)
+	out, d, hung, err := realise(clientEnv, o.timeout, hangAfter, "nix-store", "--store", client.Store, "--realise", cl.Top)
 	if px != nil {
 		up1, down1 := px.Bytes()
 		up, down, conns = up1-up0, down1-down0, px.Connections()-conns0
@@ -325,4 +336,35 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 		return 0, 0, 0, 0, "", fmt.Errorf("client has %d paths of the closure, want %d", n, cl.Paths)
 	}
 	return d, up, down, conns, "", nil
+}
+
+// join runs `nixcache client join` for the client, pointed at its nix.conf
+// directory and an ssh directory of its own, registers the key join made,
+// and returns the environment in which the client's ssh reads that
+// directory's config, as root's would.
+func join(env *harness.Env, client *harness.Client, s *harness.Server, port int, public, nixcache string) ([]string, error) {
+	sshDir := filepath.Join(client.Dir, "root-ssh")
+	// Like the other configurations, the cache is the only substituter:
+	// join keeps cache.nixos.org, which this offline machine would retry
+	// for seconds (DNS fails) on every run, measuring nothing of ours.
+	if err := os.WriteFile(filepath.Join(client.ConfDir, "nix.conf"), []byte("substituters =\n"), 0o644); err != nil {
+		return nil, err
+	}
+	r := harness.Run(env.Environ(), nixcache, "client", "join",
+		"--cache", fmt.Sprintf("ssh-ng://%s@127.0.0.1:%d", harness.CacheUser, port),
+		"--public-key", public, "--host-key", s.HostKey,
+		"--nix-conf-dir", client.ConfDir, "--ssh-dir", sshDir, "--service-manager", "none")
+	if r.Err != nil {
+		return nil, r.Err
+	}
+	_, line, ok := strings.Cut(r.Stdout, "--key '")
+	if !ok {
+		return nil, fmt.Errorf("join printed no key: %s", r.Stdout)
+	}
+	line, _, _ = strings.Cut(line, "'")
+	if err := s.Authorize(line); err != nil {
+		return nil, err
+	}
+	e := slices.DeleteFunc(client.Environ(), func(v string) bool { return strings.HasPrefix(v, "NIX_SSHOPTS=") })
+	return append(e, "NIX_SSHOPTS=-F "+filepath.Join(sshDir, "config")), nil
 }
