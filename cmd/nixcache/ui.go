@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/internal/onboard"
 	"github.com/nixcache/nixcache/internal/signing"
+	"github.com/nixcache/nixcache/internal/sshconf"
 )
 
 // ui is the one place that writes to the terminal. Messages are lowercase,
@@ -180,5 +182,102 @@ func (u *ui) table(rows [][]string) {
 			line = line[:len(line)-1]
 		}
 		fmt.Fprintln(u.stdout, line)
+	}
+}
+
+// Output of client join and client doctor.
+
+// readOnly refuses to edit a generated nix.conf and prints the client
+// module's configuration instead, or says where it was written.
+func (u *ui) readOnly(err error, module, writtenTo string) error {
+	if writtenTo != "" {
+		fmt.Fprintf(u.stderr, "nixcache: %v\nnixcache: wrote the client module's configuration to %q: import it and rebuild (nixos-rebuild switch)\n", err, writtenTo)
+		return nil
+	}
+	fmt.Fprint(u.stdout, module)
+	return withHint(err, "nothing was changed",
+		"add the configuration printed above to your system configuration and rebuild (or pass --nixos-module FILE)")
+}
+
+func (u *ui) dryRun(plan *onboard.Plan) {
+	fmt.Fprintf(u.stderr, "nixcache: dry run: nothing is changed\n")
+	if plan.CreateKey {
+		fmt.Fprintf(u.stdout, "would create the daemon's ssh key %q (ed25519, mode 0600)\n", plan.Req.Loc.SSHDir.KeyFile())
+	}
+	for _, f := range plan.SSHFiles {
+		fmt.Fprint(u.stdout, f.Diff())
+	}
+	for _, ch := range plan.NixConf {
+		fmt.Fprint(u.stdout, ch.Diff())
+	}
+	if len(plan.NixConf) > 0 {
+		fmt.Fprintln(u.stdout, "would restart the Nix daemon")
+	}
+	if !plan.Changed() {
+		fmt.Fprintln(u.stdout, "nothing to change")
+	}
+}
+
+func (u *ui) joinUnchanged(plan *onboard.Plan) {
+	fmt.Fprintf(u.stderr, "nixcache: nothing to change: this machine already substitutes from %s\n", plan.Cache.URL)
+	u.forAdmin(plan, plan.Req.Machine)
+}
+
+func (u *ui) joined(plan *onboard.Plan, res *onboard.Result) {
+	if plan.CreateKey {
+		fmt.Fprintf(u.stderr, "nixcache: created the daemon's ssh key %q\n", plan.Req.Loc.SSHDir.KeyFile())
+	}
+	fmt.Fprintf(u.stderr, "nixcache: pinned host key %s for %s\n", sshconf.Fingerprint(plan.HostKey), plan.Req.Cache.Target.KnownHostsName())
+	for _, w := range res.Written {
+		if w != plan.Req.Loc.SSHDir.KeyFile() && w != plan.Req.Loc.SSHDir.KeyFile()+".pub" {
+			fmt.Fprintf(u.stderr, "nixcache: wrote %q\n", w)
+		}
+	}
+	for _, b := range res.Backups {
+		fmt.Fprintf(u.stderr, "nixcache: backup in %q\n", b)
+	}
+}
+
+func (u *ui) restarted(cmd string) {
+	fmt.Fprintf(u.stderr, "nixcache: restarted the Nix daemon (%s)\n", cmd)
+}
+
+func (u *ui) restartLater(what string) {
+	fmt.Fprintf(u.stderr, "nixcache: not restarting the daemon; until it restarts it ignores the new nix.conf\n")
+	u.hint("%s", what)
+}
+
+func (u *ui) noServiceManager(err error) {
+	u.warnf("%v: the daemon was not restarted and ignores the new nix.conf until it is", err)
+	u.hint("restart nix-daemon the way it is started on this machine (stop the running one, start 'nix-daemon' as root)")
+}
+
+// forAdmin prints what the cache's admin needs: the daemon's public key,
+// as a ready command.
+func (u *ui) forAdmin(plan *onboard.Plan, machine string) {
+	if plan.ClientKey == nil {
+		return
+	}
+	line := sshconf.AuthorizedLine(plan.ClientKey, plan.KeyComment)
+	fmt.Fprintf(u.stderr, "nixcache: give the cache's admin this machine's key; on the server:\n")
+	fmt.Fprintf(u.stdout, "nixcache clients add %s --key '%s'\n", machine, line)
+}
+
+func (u *ui) checks(checks []onboard.Check) {
+	cache := ""
+	for _, c := range checks {
+		if c.Cache != cache {
+			cache = c.Cache
+			fmt.Fprintf(u.stdout, "%s\n", cache)
+		}
+		mark := map[onboard.Status]string{onboard.OK: "✓", onboard.Failed: "✗", onboard.Skipped: "-"}[c.Status]
+		indent := ""
+		if c.Cache != "" {
+			indent = "  "
+		}
+		fmt.Fprintf(u.stdout, "%s%s %s: %s\n", indent, mark, c.Name, c.Detail)
+		for _, h := range c.Hints {
+			fmt.Fprintf(u.stdout, "%s    hint: %s\n", indent, h)
+		}
 	}
 }
