@@ -7,15 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/internal/atomicfile"
 )
-
-// backupSuffix precedes the time in a backup's name, so that an admin can
-// find every copy nixcache made with one glob.
-const backupSuffix = ".nixcache-backup-"
 
 // Apply writes each change: first a backup copy of the existing file next to
 // it (PATH.nixcache-backup-YYYYMMDDTHHMMSS, same mode and owner; returned so
@@ -43,7 +38,7 @@ func Apply(changes []Change, now time.Time) (backups []string, err error) {
 			if fi, err = os.Stat(path); err != nil {
 				return backups, err
 			}
-			b, err := backup(path, current, fi, now)
+			b, err := atomicfile.Backup(path, current, fi, now)
 			if err != nil {
 				return backups, fmt.Errorf("backing up %q: %w", ch.Path, err)
 			}
@@ -54,46 +49,9 @@ func Apply(changes []Change, now time.Time) (backups []string, err error) {
 		if err := atomicfile.Write(path, ch.New, ch.Mode); err != nil {
 			return backups, err
 		}
-		if err := keepOwner(path, fi); err != nil {
+		if err := atomicfile.KeepOwner(path, fi); err != nil {
 			return backups, err
 		}
 	}
 	return backups, nil
-}
-
-// backup copies the file's bytes, mode and owner to a new file next to it; it
-// never replaces an older backup.
-func backup(path string, data []byte, fi fs.FileInfo, now time.Time) (string, error) {
-	base := path + backupSuffix + now.Format("20060102T150405")
-	name := base
-	for i := 2; ; i++ {
-		err := atomicfile.Create(name, data, fi.Mode().Perm())
-		if err == nil {
-			return name, keepOwner(name, fi)
-		}
-		if !errors.Is(err, fs.ErrExist) || i > 100 {
-			return "", err
-		}
-		name = fmt.Sprintf("%s-%d", base, i)
-	}
-}
-
-// keepOwner gives path the owner of the file it replaces: the new file is
-// created by whoever runs nixcache.
-func keepOwner(path string, was fs.FileInfo) error {
-	if was == nil {
-		return nil
-	}
-	old, ok := was.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != old.Uid || st.Gid != old.Gid) {
-		return os.Chown(path, int(old.Uid), int(old.Gid))
-	}
-	return nil
 }

@@ -333,14 +333,24 @@ func (p *Plan) Apply(now time.Time) (*Result, error) {
 		res.Written = append(res.Written, dir.KeyFile(), dir.KeyFile()+".pub")
 	}
 	for _, f := range p.SSHFiles {
+		var was fs.FileInfo
+		if f.Exists {
+			var err error
+			if was, err = os.Stat(f.Path); err != nil {
+				return res, err
+			}
+		}
 		if f.Backup {
-			b := fmt.Sprintf("%s.nixcache-backup-%s", f.Path, now.Format("20060102T150405"))
-			if err := atomicfile.Write(b, f.Old, f.Mode); err != nil {
+			b, err := atomicfile.Backup(f.Path, f.Old, was, now)
+			if err != nil {
 				return res, err
 			}
 			res.Backups = append(res.Backups, b)
 		}
 		if err := atomicfile.Write(f.Path, f.New, f.Mode); err != nil {
+			return res, err
+		}
+		if err := atomicfile.KeepOwner(f.Path, was); err != nil {
 			return res, err
 		}
 		res.Written = append(res.Written, f.Path)
