@@ -275,12 +275,18 @@ func (p *Plan) resolveHostKey(ctx context.Context) error {
 			return err
 		}
 		p.HostKey = k
-		if err := fetch(); err != nil {
-			// The key was given: a cache that is down now may still be
-			// joined, and the pin is checked on first use by ssh.
-			p.HostKeyUnchecked = err
-		} else if !slices.ContainsFunc(p.Presented, func(pk ssh.PublicKey) bool { return sshconf.SameKey(pk, k) }) {
+		err = sshconf.CheckPinned(ctx, t, k)
+		var changed *sshconf.HostKeyChanged
+		switch {
+		case errors.As(err, &changed):
+			p.Presented = changed.Presented
 			return &HostKeyMismatch{t, sshconf.Fingerprint(k), p.Presented}
+		case err != nil:
+			// The key was given: a cache that is down now may still be
+			// joined, and ssh checks the pin on first use.
+			p.HostKeyUnchecked = err
+		default:
+			p.Presented = []ssh.PublicKey{k}
 		}
 	case src.Fingerprint != "":
 		if err := fetch(); err != nil {

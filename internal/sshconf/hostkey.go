@@ -144,19 +144,29 @@ func (e *HostKeyChanged) Error() string {
 		e.Target.Addr(), Fingerprint(e.Pinned), strings.Join(fps, ", "))
 }
 
-// CheckPinned fetches the server's keys and fails with *HostKeyChanged
-// unless the pinned key is among them.
+// CheckPinned asks the server for its key of the pinned key's kind, as ssh
+// will, and fails with *HostKeyChanged unless it is the pinned key.
 func CheckPinned(ctx context.Context, t Target, pinned ssh.PublicKey) error {
-	keys, err := FetchHostKeys(ctx, t.Addr())
+	algo := pinned.Type()
+	if algo == ssh.KeyAlgoRSA {
+		algo = ssh.KeyAlgoRSASHA512 // the same key, signed with SHA-512
+	}
+	k, err := fetchHostKey(ctx, t.Addr(), algo)
+	if errors.Is(err, errNoCommonAlgorithm) {
+		// The server no longer has a key of that kind at all.
+		keys, ferr := FetchHostKeys(ctx, t.Addr())
+		if ferr != nil {
+			return ferr
+		}
+		return &HostKeyChanged{t, pinned, keys}
+	}
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		if SameKey(k, pinned) {
-			return nil
-		}
+	if !SameKey(k, pinned) {
+		return &HostKeyChanged{t, pinned, []ssh.PublicKey{k}}
 	}
-	return &HostKeyChanged{t, pinned, keys}
+	return nil
 }
 
 // Pinned returns the key pinned for t in the known_hosts file, or nil.

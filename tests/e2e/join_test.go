@@ -213,19 +213,25 @@ func TestJoinThenSubstitute(t *testing.T) {
 	})
 }
 
-// A fingerprint that does not match aborts before anything is written.
-func TestJoinWithWrongFingerprintChangesNothing(t *testing.T) {
+// A host key that does not match the server's, given by fingerprint or as
+// the key itself, aborts before anything is written.
+func TestJoinWithTheWrongHostKeyChangesNothing(t *testing.T) {
 	c := newCache(t, harness.SSHNG)
 	m := newMachine(t, debianNixConf, true)
 	before := snapshot(t, m.ConfDir, m.SSHDir)
 	other := newCache(t, harness.SSHNG) // another server's key
-	r := onMachine(m, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
-		"--host-key-fingerprint", hostKeyFingerprint(t, other.server.HostKey))
-	if r.Err == nil {
-		t.Fatal("join accepted a host key with the wrong fingerprint")
-	}
-	if !strings.Contains(r.Stderr, "presents host key") || !strings.Contains(r.Stderr, "nothing was changed") {
-		t.Errorf("unclear refusal:\n%s", r.Stderr)
+	for _, source := range [][]string{
+		{"--host-key-fingerprint", hostKeyFingerprint(t, other.server.HostKey)},
+		{"--host-key", other.server.HostKey},
+	} {
+		args := append([]string{"client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey}, source...)
+		r := onMachine(m, args...)
+		if r.Err == nil {
+			t.Fatalf("join %s accepted a host key the server does not have", source[0])
+		}
+		if !strings.Contains(r.Stderr, "presents host key") || !strings.Contains(r.Stderr, "nothing was changed") {
+			t.Errorf("join %s: unclear refusal:\n%s", source[0], r.Stderr)
+		}
 	}
 	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
 }
