@@ -187,6 +187,10 @@ func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 	if !d.checkHostKey(ctx, c) {
 		return
 	}
+	// The remote connection serves the login check and the probe: bound
+	// both together.
+	ctx, cancel := context.WithTimeout(ctx, loginTimeout+substituteTimeout)
+	defer cancel()
 	remote, ok := d.checkLogin(ctx, c)
 	if !ok {
 		return
@@ -256,7 +260,7 @@ func (d *doctor) checkLogin(ctx context.Context, c sshconf.Cache) (*daemon.Conn,
 		err    error
 	)
 	if strings.HasPrefix(c.URL, "ssh-ng://") {
-		// The connection outlives the login check: bound it by ctx.
+		// The connection outlives the login check; checkCache bounds it.
 		conn, err = daemon.DialCommand(ctx, argv, nil)
 		if err == nil {
 			detail = fmt.Sprintf("logged in as %s; nix-daemon --stdio speaks protocol %s", c.Target.User, conn.DaemonVersion)
