@@ -178,6 +178,15 @@ func TestJoinThenSubstitute(t *testing.T) {
 		if err := m.Restart(); err != nil {
 			t.Fatal(err)
 		}
+		// doctor has the daemon substitute a path the machine lacks (named,
+		// since an ssh:// cache cannot list its paths).
+		probe := cl.Paths[0]
+		if d := onMachine(m, "client", "doctor", "--path", probe); d.Err != nil || !strings.Contains(d.Stdout, "✓ substitution: "+probe) {
+			t.Errorf("doctor --path %s: %v\n%s", probe, d.Err, d.Stdout)
+		}
+		if !m.Has(probe) {
+			t.Errorf("doctor's probe %s was not substituted", probe)
+		}
 		if r := m.Realise(cl.Top); r.Err != nil {
 			t.Fatalf("substituting after join: %v", r.Err)
 		}
