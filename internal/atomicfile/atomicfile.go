@@ -1,6 +1,7 @@
 // Package atomicfile writes files so that readers see either the old content
 // or the new, never a mix or a truncated file, and so that a secret is never
-// readable by others, not even for an instant.
+// readable by others, not even for an instant; it backs up what it replaces,
+// and reads the small files nixcache edits with a cap on their size.
 package atomicfile
 
 import (

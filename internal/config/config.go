@@ -6,14 +6,14 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/nixcache/nixcache/internal/atomicfile"
 )
 
 // DefaultPath is read when neither --config nor NIXCACHE_CONFIG names a file.
@@ -49,7 +49,7 @@ const maxSize = 1 << 20
 // path was used) a missing file yields the built-in defaults; when true, a
 // missing file is an error, since the user asked for it.
 func Load(path string, explicit bool) (*Config, error) {
-	f, err := os.Open(path)
+	data, _, err := atomicfile.ReadCapped(path, maxSize, "a nixcache configuration")
 	if errors.Is(err, fs.ErrNotExist) {
 		if !explicit {
 			return withDefaults(&Config{}), nil
@@ -58,14 +58,6 @@ func Load(path string, explicit bool) (*Config, error) {
 	}
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxSize {
-		return nil, fmt.Errorf("%q is larger than %d bytes", path, maxSize)
 	}
 	c, err := Parse(string(data))
 	if err != nil {

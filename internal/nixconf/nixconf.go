@@ -17,13 +17,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/nixcache/nixcache/internal/atomicfile"
 )
 
 // DefaultSubstituter is Nix's value for substituters when nothing sets it
@@ -161,22 +162,18 @@ func (l *loader) read(path string) (data []byte, ok bool, err error) {
 		l.record(path, data)
 		return data, true, nil
 	}
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, _, err = atomicfile.ReadCapped(path, maxFileSize, "a nix.conf")
+	var tooLarge *atomicfile.TooLargeError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, false, nil
-	}
-	if err == nil {
-		data, err = io.ReadAll(io.LimitReader(f, maxFileSize+1))
-		f.Close()
-	}
-	if err != nil {
+	case errors.As(err, &tooLarge):
+		return nil, false, err
+	case err != nil:
 		if !slices.Contains(l.c.Skipped, path) {
 			l.c.Skipped = append(l.c.Skipped, path)
 		}
 		return nil, false, nil
-	}
-	if len(data) > maxFileSize {
-		return nil, false, fmt.Errorf("%q is larger than %d MiB, too large for a nix.conf", path, maxFileSize>>20)
 	}
 	l.record(path, data)
 	return data, true, nil

@@ -3,7 +3,6 @@ package nixkey
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -46,24 +45,9 @@ func ReadPublicKeyFile(path string) (PublicKey, error) {
 }
 
 func readCapped(path string) (string, fs.FileMode, error) {
-	f, err := os.Open(path)
+	buf, st, err := atomicfile.ReadCapped(path, MaxKeyFileSize, "a Nix key file")
 	if err != nil {
 		return "", 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("%q is not a regular file", path)
-	}
-	buf, err := io.ReadAll(io.LimitReader(f, MaxKeyFileSize+1))
-	if err != nil {
-		return "", 0, err
-	}
-	if len(buf) > MaxKeyFileSize {
-		return "", 0, fmt.Errorf("%q is larger than %d bytes, too large to be a Nix key file", path, MaxKeyFileSize)
 	}
 	return string(buf), st.Mode(), nil
 }

@@ -3,7 +3,6 @@ package registry
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -27,20 +26,12 @@ var ErrNoRegistry = errors.New("no clients registry")
 
 // Load reads the registry at path.
 func Load(path string) (*Registry, error) {
-	f, err := os.Open(path)
+	data, _, err := atomicfile.ReadCapped(path, maxSize, "a clients registry")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w at %q", ErrNoRegistry, path)
 	}
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxSize {
-		return nil, fmt.Errorf("%q is larger than %d bytes", path, maxSize)
 	}
 	r, err := Parse(data)
 	if err != nil {
