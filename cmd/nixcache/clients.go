@@ -118,18 +118,14 @@ EXAMPLES:
 			} else if registry.ValidateComment(comment) != nil {
 				comment = "" // the key's comment is only a default
 			}
-			path, err := registryPath(c)
-			if err != nil {
-				return err
-			}
-			err = registry.Edit(path, true, func(r *registry.Registry) error { return r.Add(name, key, comment) })
+			err = editRegistry(c, true, func(r *registry.Registry) error { return r.Add(name, key, comment) })
 			switch {
 			case errors.Is(err, registry.ErrExists):
 				return withHint(err, fmt.Sprintf("to change its key, run 'nixcache clients remove %s' and add it again", name))
 			case errors.Is(err, registry.ErrDuplicateKey):
 				return withHint(err, "each machine is registered once; if it was renamed, remove the old name first")
 			case err != nil:
-				return editError(err)
+				return loadError(err)
 			}
 			fmt.Fprintf(ui.stdout, "added client %s (%s)\n", name, describeKey(registry.Client{Key: key}))
 			ui.hint(regenerateHint)
@@ -155,16 +151,12 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
-			path, err := registryPath(c)
-			if err != nil {
-				return err
-			}
-			err = registry.Edit(path, false, func(r *registry.Registry) error { return r.Remove(name) })
+			err = editRegistry(c, false, func(r *registry.Registry) error { return r.Remove(name) })
 			if errors.Is(err, registry.ErrNotFound) {
 				return withHint(err, "'nixcache clients list' shows the registered clients")
 			}
 			if err != nil {
-				return editError(err)
+				return loadError(err)
 			}
 			fmt.Fprintf(ui.stdout, "removed client %s\n", name)
 			ui.hint(regenerateHint)
@@ -272,13 +264,9 @@ EXAMPLES:
 			if _, err := registry.ServeCommand(proto, c.String("serve-command")); err != nil {
 				return errUsage{err}
 			}
-			path, err := registryPath(c)
+			r, err := loadRegistry(c)
 			if err != nil {
 				return err
-			}
-			r, err := registry.Load(path)
-			if err != nil {
-				return loadError(err)
 			}
 			data, err := r.AuthorizedKeys(proto, c.String("serve-command"))
 			if err != nil {
@@ -307,18 +295,38 @@ func clientNameArg(c *cli.Context) (string, error) {
 
 func describeKey(cl registry.Client) string { return cl.Key.Type() + " " + cl.Fingerprint() }
 
+// loadRegistry reads the registry named on the command line or in the
+// config file.
+func loadRegistry(c *cli.Context) (*registry.Registry, error) {
+	path, err := registryPath(c)
+	if err != nil {
+		return nil, err
+	}
+	r, err := registry.Load(path)
+	if err != nil {
+		return nil, loadError(err)
+	}
+	return r, nil
+}
+
+// editRegistry applies edit to the registry under its lock; errors other
+// than the edit's own come with advice.
+func editRegistry(c *cli.Context, create bool, edit func(*registry.Registry) error) error {
+	path, err := registryPath(c)
+	if err != nil {
+		return err
+	}
+	err = registry.Edit(path, create, edit)
+	if errors.Is(err, registry.ErrLocked) {
+		return withHint(err, "another 'nixcache clients' command is editing it: try again when it is done")
+	}
+	return err
+}
+
 // loadError adds advice to an error reading the registry.
 func loadError(err error) error {
 	if errors.Is(err, registry.ErrNoRegistry) {
 		return withHint(err, "register a client with 'nixcache clients add', or pass --registry FILE")
 	}
 	return err
-}
-
-// editError adds advice to an error editing the registry.
-func editError(err error) error {
-	if errors.Is(err, registry.ErrLocked) {
-		return withHint(err, "another 'nixcache clients' command is editing it: try again when it is done")
-	}
-	return loadError(err)
 }
