@@ -371,5 +371,3 @@ func (p *Plan) Apply(now time.Time) (*Result, error) {
 	}
 	return res, nil
 }
-
-func marshalAuthorized(k ssh.PublicKey) []byte { return ssh.MarshalAuthorizedKey(k) }

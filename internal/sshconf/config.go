@@ -19,10 +19,10 @@ type Cache struct {
 	PublicKey string
 }
 
-// Tuning is ssh's behaviour towards every cache: never prompt, give up on
+// tuning is ssh's behaviour towards every cache: never prompt, give up on
 // an unreachable cache quickly (a build must not hang on it), and notice a
 // dead connection. The values and their reasons are in the README.
-var Tuning = []string{
+var tuning = []string{
 	"BatchMode yes",
 	"ConnectTimeout 5",
 	"ServerAliveInterval 5",
@@ -57,7 +57,7 @@ func (d Dir) RenderManaged(caches []Cache) []byte {
 		b.WriteString("  StrictHostKeyChecking yes\n")
 		b.WriteString("  UpdateHostKeys no\n")
 		b.WriteString("  CheckHostIP no\n")
-		for _, o := range Tuning {
+		for _, o := range tuning {
 			b.WriteString("  " + o + "\n")
 		}
 	}

@@ -109,6 +109,3 @@ func PublicComment(keyPath string) string {
 
 // IsNotExist reports whether err says a file is missing.
 func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
-
-// IsExist reports whether err says a file already exists.
-func IsExist(err error) bool { return errors.Is(err, fs.ErrExist) }

@@ -2,6 +2,8 @@ package sshconf
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,7 +174,7 @@ func TestGenerateKeyIsExclusiveAndPrivate(t *testing.T) {
 	if PublicComment(path) != "nixcache@test" {
 		t.Errorf("comment %q", PublicComment(path))
 	}
-	if _, err := GenerateKey(path, "again"); !IsExist(err) {
+	if _, err := GenerateKey(path, "again"); !errors.Is(err, fs.ErrExist) {
 		t.Errorf("a second GenerateKey did not refuse to replace the key: %v", err)
 	}
 	if err := os.Chmod(path, 0o644); err != nil {
