@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// echoServer answers each connection with what it reads, until EOF.
-func echoServer(t *testing.T) string {
+// server serves each connection with handle on a loopback port.
+func server(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,36 +27,25 @@ func echoServer(t *testing.T) string {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
 	return ln.Addr().String()
 }
 
+// echoServer answers each connection with what it reads, until EOF.
+func echoServer(t *testing.T) string {
+	return server(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
 // sinkServer reads each connection to EOF, then writes back how many bytes
 // it read as one byte per MiB (enough for the tests) and closes.
 func sinkServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				c.Write([]byte{byte(n >> 20)})
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return server(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		c.Write([]byte{byte(n >> 20)})
+	})
 }
 
 func start(t *testing.T, target string, link Link) *Proxy {
