@@ -232,22 +232,25 @@ func clientsAuthorizedKeysCommand(ui *ui) *cli.Command {
 		Description: `Renders the registry as an OpenSSH authorized_keys file for the account
 clients log in as (nix-ssh), one line per client:
 
-   restrict,command="nix-daemon --stdio" ssh-ed25519 AAAA... nixcache:build-01
+   restrict,command="nix-store --serve" ssh-ed25519 AAAA... nixcache:build-01
 
 "restrict" (OpenSSH 7.2 and later) turns off the terminal, port, agent and
 X11 forwarding, ~/.ssh/rc and whatever later versions add; command= runs
-the read-only serve command whatever the client asks for: 'nix-daemon
---stdio' for --protocol ssh-ng (the default), 'nix-store --serve' for ssh.
+the serve command whatever the client asks for. --protocol ssh (the default)
+forces 'nix-store --serve' without --write: clients can query and download
+paths and nothing else. --protocol ssh-ng forces 'nix-daemon --stdio', which
+serves clients as untrusted daemon users: they can also build derivations
+on the server, add content-addressed or validly signed paths, add GC roots
+and run the garbage collector. Choose it only for clients trusted that far.
 --serve-command replaces the program (found through PATH by default), for
-instance with a store path on NixOS; nixcache always adds the read-only
-argument. The file goes to standard output, or replaces --output FILE
-atomically (mode 0644).
+instance with a store path on NixOS; nixcache never adds --write. The file
+goes to standard output, or replaces --output FILE atomically (mode 0644).
 
 EXAMPLES:
    nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
-   nixcache clients authorized-keys --protocol ssh --serve-command /usr/bin/nix-store`,
+   nixcache clients authorized-keys --serve-command /usr/bin/nix-store`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "protocol", Value: string(registry.SSHNG), Usage: "serve with `PROTOCOL` ssh (nix-store --serve) or ssh-ng (nix-daemon --stdio)"},
+			&cli.StringFlag{Name: "protocol", Value: string(registry.SSH), Usage: "serve with `PROTOCOL` ssh (nix-store --serve, read-only) or ssh-ng (nix-daemon --stdio, see above)"},
 			&cli.StringFlag{Name: "serve-command", Usage: "run the program at `PATH` (default: nix-daemon or nix-store, through PATH)"},
 			&cli.StringFlag{Name: "output", Usage: "write to `FILE` instead of standard output"},
 			registryFlag(),
