@@ -1,0 +1,221 @@
+# services.nixcache.client: substitute from a nixcache server over SSH,
+# trusting its signing key and its pinned host key, never prompting.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.nixcache.client;
+
+  stateDir = "/var/lib/nixcache/client";
+  publicSshKeyState = "${stateDir}/ssh-key.pub";
+  sshKeyFile = toString cfg.sshKeyFile;
+
+  substituter =
+    "${cfg.protocol}://${cfg.user}@${cfg.host}"
+    + lib.optionalString (cfg.maxConnections > 1) "?max-connections=${toString cfg.maxConnections}";
+
+  # known_hosts names a host on another port "[host]:port".
+  knownHostName = if cfg.port == 22 then cfg.host else "[${cfg.host}]:${toString cfg.port}";
+
+  # With more than one connection Nix starts an SSH master, which deadlocks
+  # before ssh even runs until Nix 2.32 (NixOS/nix#13902); Lix dropped the
+  # master in 2.93.
+  nixVersion = config.nix.package.version or "0";
+  maxConnectionsSafe =
+    if (config.nix.package.pname or "") == "lix" then
+      lib.versionAtLeast nixVersion "2.93"
+    else
+      lib.versionAtLeast nixVersion "2.32";
+in
+{
+  options.services.nixcache.client = {
+    enable = lib.mkEnableOption "substituting from a nixcache server over SSH";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage \"\${nixcache}/nixos/package.nix\" { }";
+      description = "The nixcache package, installed for `nixcache verify`.";
+    };
+
+    host = lib.mkOption {
+      type = lib.types.str;
+      example = "cache.example.org";
+      description = "The cache's host name or IPv4 address, as clients reach it.";
+    };
+
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = 22;
+      description = "The cache's SSH port.";
+    };
+
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = "nix-ssh";
+      description = "The account on the cache (`services.nixcache.server.user`).";
+    };
+
+    protocol = lib.mkOption {
+      type = lib.types.enum [
+        "ssh"
+        "ssh-ng"
+      ];
+      default = "ssh";
+      description = "The cache's `services.nixcache.server.protocol`: the substituter is `ssh://` or `ssh-ng://`.";
+    };
+
+    publicKey = lib.mkOption {
+      type = lib.types.str;
+      example = "cache.example.org-1:OzAbNkYWs5nq8WXm3LwEtFXqlc9hNrgwJqaR4jVq2NA=";
+      description = ''
+        The cache's signing key ("NAME:BASE64", the content of
+        `/etc/nixcache/public-key` on the server), added to
+        `nix.settings.trusted-public-keys`. Paths it did not sign are refused.
+      '';
+    };
+
+    hostKey = lib.mkOption {
+      type = lib.types.str;
+      example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3...";
+      description = ''
+        The cache's SSH host key ("TYPE BASE64", e.g. the content of
+        `/etc/ssh/ssh_host_ed25519_key.pub` on the server), pinned through
+        `programs.ssh.knownHosts`. Nothing else is accepted for the host, and
+        ssh never asks.
+      '';
+    };
+
+    sshKeyFile = lib.mkOption {
+      type = lib.types.either lib.types.str lib.types.path;
+      default = "${stateDir}/ssh_ed25519";
+      description = ''
+        The private SSH key root's ssh (run by the Nix daemon) logs in with,
+        outside the Nix store. Created at boot by
+        `nixcache-client-key.service` if missing (ed25519, mode 0600); its
+        public half is published in `sshPublicKeyFile` for the cache's admin
+        to register.
+      '';
+    };
+
+    sshPublicKeyFile = lib.mkOption {
+      type = lib.types.str;
+      default = "/etc/nixcache/client-ssh-key.pub";
+      readOnly = true;
+      description = "Where the public half of `sshKeyFile` is published, readable by every user.";
+    };
+
+    maxConnections = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = 1;
+      description = ''
+        SSH connections Nix may open to the cache at once (the store's
+        `max-connections`). More than 1 needs Nix 2.32 or Lix 2.93: earlier
+        versions deadlock (NixOS/nix#13902).
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = builtins.match "[A-Za-z0-9][A-Za-z0-9.-]*" cfg.host != null && cfg.host != "localhost";
+        message = "services.nixcache.client.host = \"${cfg.host}\" must be a host name or IPv4 address (Nix's ssh stores cannot take an IPv6 literal, and for \"localhost\" Nix skips ssh).";
+      }
+      {
+        assertion = builtins.match "[a-z_][a-z0-9_.-]*" cfg.user != null;
+        message = "services.nixcache.client.user = \"${cfg.user}\" is not a user name.";
+      }
+      {
+        assertion = builtins.match "[^:[:space:]]+:[A-Za-z0-9+/]{43}=" cfg.publicKey != null;
+        message = "services.nixcache.client.publicKey must be the cache's public signing key \"NAME:BASE64\" (the content of /etc/nixcache/public-key on the server), not \"${cfg.publicKey}\".";
+      }
+      {
+        assertion = builtins.match "(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,2}( [^\n]*)?" cfg.hostKey != null;
+        message = "services.nixcache.client.hostKey must be one SSH host public key \"TYPE BASE64\", such as the content of /etc/ssh/ssh_host_ed25519_key.pub on the server.";
+      }
+      {
+        assertion = !builtins.isPath cfg.sshKeyFile && !lib.hasPrefix "${builtins.storeDir}/" sshKeyFile && lib.hasPrefix "/" sshKeyFile;
+        message = "services.nixcache.client.sshKeyFile must be an absolute path outside the Nix store, given as a string (a path literal would be copied into the store, which every user can read); the default ${stateDir}/ssh_ed25519 is generated at boot.";
+      }
+      {
+        assertion = cfg.maxConnections == 1 || maxConnectionsSafe;
+        message = "services.nixcache.client.maxConnections = ${toString cfg.maxConnections} needs Nix 2.32 or Lix 2.93; nix.package is ${config.nix.package.pname or "nix"} ${nixVersion}, whose ssh stores deadlock with more than one connection (NixOS/nix#13902). Keep it at 1.";
+      }
+    ];
+
+    nix.settings = {
+      # Added to the list, which keeps cache.nixos.org.
+      substituters = [ substituter ];
+      trusted-public-keys = [ cfg.publicKey ];
+      # An unreachable cache must not fail builds: build instead.
+      fallback = lib.mkDefault true;
+    };
+
+    programs.ssh.knownHosts.nixcache = {
+      hostNames = [ knownHostName ];
+      publicKey = cfg.hostKey;
+    };
+
+    # The settings `nixcache client join` writes, chosen in its measurements:
+    # a dead cache costs ConnectTimeout (5 s) per connection instead of a
+    # TCP timeout, a hung one is dropped after 15 s, and no prompt can ever
+    # block the daemon. ControlMaster no: Nix manages its own connections.
+    programs.ssh.extraConfig = ''
+      # nixcache: how root's ssh, run by the Nix daemon, reaches the cache.
+      Match originalhost ${cfg.host} user ${cfg.user}
+        Port ${toString cfg.port}
+        IdentityFile ${sshKeyFile}
+        IdentitiesOnly yes
+        UserKnownHostsFile /dev/null
+        StrictHostKeyChecking yes
+        UpdateHostKeys no
+        CheckHostIP no
+        BatchMode yes
+        ConnectTimeout 5
+        ServerAliveInterval 5
+        ServerAliveCountMax 3
+        ControlMaster no
+      Host *
+    '';
+
+    systemd.services.nixcache-client-key = {
+      description = "Create the SSH key the Nix daemon uses to reach the nixcache server";
+      documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
+      wantedBy = [ "multi-user.target" ];
+      before = [ "nix-daemon.service" ];
+      path = [ config.programs.ssh.package ];
+      environment = {
+        KEY = sshKeyFile;
+        PUBLIC = publicSshKeyState;
+        NAME = config.networking.hostName;
+      };
+      script = ''
+        if [ ! -e "$KEY" ]; then
+          mkdir -p "$(dirname "$KEY")"
+          ssh-keygen -q -t ed25519 -N "" -C "root@$NAME" -f "$KEY" < /dev/null
+        fi
+        mkdir -p "$(dirname "$PUBLIC")"
+        ssh-keygen -y -f "$KEY" > "$PUBLIC.tmp"
+        chmod 0644 "$PUBLIC.tmp"
+        mv "$PUBLIC.tmp" "$PUBLIC"
+        echo "the cache's admin registers this machine with: nixcache clients add $NAME --key '$(cat "$PUBLIC")'"
+      '';
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        UMask = "0077";
+      };
+    };
+    systemd.tmpfiles.rules = [
+      "d /var/lib/nixcache 0755 root root -"
+      "d ${stateDir} 0755 root root -"
+    ];
+    environment.etc."nixcache/client-ssh-key.pub".source = publicSshKeyState;
+
+    environment.systemPackages = [ cfg.package ];
+  };
+}

@@ -1,0 +1,140 @@
+# The one place that turns clients into sshd configuration: the registry
+# file `nixcache clients add` writes and the server module's inline
+# `clients.<name>` both become lines of the cache account's authorized_keys,
+# exactly as `nixcache clients authorized-keys` renders them.
+#
+# Plain builtins, no nixpkgs: the Go tests evaluate this file with
+# nix-instantiate and compare it with the CLI's output line for line.
+let
+  # The registry format this module understands; a newer file is refused
+  # rather than read without what it adds (roles, in version 2).
+  supportedVersion = 1;
+
+  # As internal/registry: safe as a TOML table, an authorized_keys comment,
+  # an attribute name and a file name.
+  validName = name: builtins.match "[A-Za-z0-9][A-Za-z0-9._-]{0,62}" name != null;
+
+  # "TYPE BASE64 [COMMENT]" on one line, no authorized_keys options before
+  # it. x/crypto/ssh checks keys properly when `nixcache clients add` writes
+  # the registry; this catches what a hand-written inline key gets wrong.
+  keyTypes = "ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com";
+  parseKey = text: builtins.match "[[:space:]]*((${keyTypes}) [A-Za-z0-9+/]+={0,2})([ \t][^\r\n]*)?" text;
+
+  # Problems with one client, as messages that name where it came from.
+  problemsOf =
+    origin: name: client:
+    (
+      if validName name then
+        [ ]
+      else
+        [
+          "${origin}: client name \"${name}\" is not allowed: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ]
+    )
+    ++ (
+      if !(builtins.isString (client.key or null)) then
+        [ "${origin}: client \"${name}\" has no key" ]
+      else if parseKey client.key == null then
+        [
+          "${origin}: the key of client \"${name}\" is not one OpenSSH public key \"TYPE BASE64 [COMMENT]\" (such as the content of id_ed25519.pub) without options"
+        ]
+      else
+        [ ]
+    );
+
+  # name -> { key = "TYPE BASE64"; comment; }, keeping only well-formed
+  # clients; problems lists the rest.
+  normalise =
+    origin: clients:
+    let
+      names = builtins.attrNames clients;
+      problems = builtins.concatLists (map (n: problemsOf origin n clients.${n}) names);
+      good = builtins.filter (n: problemsOf origin n clients.${n} == [ ]) names;
+    in
+    {
+      inherit problems;
+      clients = builtins.listToAttrs (
+        map (n: {
+          name = n;
+          value = {
+            key = builtins.head (parseKey clients.${n}.key);
+            comment = clients.${n}.comment or "";
+            inherit origin;
+          };
+        }) good
+      );
+    };
+in
+rec {
+  inherit supportedVersion validName;
+
+  # Reads a registry file written by `nixcache clients`. `origin` names it
+  # in messages.
+  readFile =
+    file:
+    let
+      origin = toString file;
+      doc = builtins.fromTOML (builtins.readFile file);
+      version = doc.version or null;
+    in
+    if version != supportedVersion then
+      {
+        clients = { };
+        problems = [
+          "${origin}: registry version ${
+            if version == null then "(missing)" else toString version
+          } is not version ${toString supportedVersion}, the one this module reads; write it with `nixcache clients add`, or update nixcache"
+        ];
+      }
+    else
+      normalise origin (doc.clients or { });
+
+  inherit normalise;
+
+  # Merges normalised sets, refusing a name or a key given twice: one key
+  # is one client, so revoking it by name revokes it everywhere.
+  merge =
+    sets:
+    let
+      all = builtins.concatLists (
+        map (s: map (n: s.clients.${n} // { name = n; }) (builtins.attrNames s.clients)) sets
+      );
+      dupes =
+        attr: what:
+        let
+          grouped = builtins.groupBy (c: c.${attr}) all;
+        in
+        map (
+          v:
+          let
+            cs = grouped.${v};
+          in
+          "${what} is given ${toString (builtins.length cs)} times: ${
+            builtins.concatStringsSep ", " (map (c: "client \"${c.name}\" in ${c.origin}") cs)
+          }; give each client one name and its own key"
+        ) (builtins.filter (v: builtins.length grouped.${v} > 1) (builtins.attrNames grouped));
+    in
+    {
+      problems =
+        builtins.concatLists (map (s: s.problems) sets)
+        ++ dupes "name" "a client name"
+        ++ dupes "key" "the same key";
+      clients = builtins.listToAttrs (
+        map (c: {
+          inherit (c) name;
+          value = {
+            inherit (c) key comment;
+          };
+        }) all
+      );
+    };
+
+  # authorized_keys lines, in name order as the CLI writes them. `restrict`
+  # turns off PTYs, forwarding and ~/.ssh/rc; command= forces the serve
+  # command whatever the client asks to run.
+  authorizedKeys =
+    { clients, command }:
+    map (name: "restrict,command=\"${command}\" ${clients.${name}.key} nixcache:${name}") (
+      builtins.attrNames clients
+    );
+}

@@ -1,0 +1,451 @@
+# services.nixcache.server: serve this machine's Nix store over SSH to the
+# registered clients, read-only, and sign everything it holds.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.nixcache.server;
+  registry = import ./registry.nix;
+
+  stateDir = "/var/lib/nixcache";
+  publicKeyState = "${stateDir}/public-key";
+  gcRootsDir = "/nix/var/nix/gcroots/nixcache";
+
+  clients = registry.merge (
+    [ (registry.normalise "services.nixcache.server.clients" cfg.clients) ]
+    ++ lib.optional (cfg.registryFile != null) (registry.readFile cfg.registryFile)
+  );
+
+  # nix-store --serve without --write answers queries and sends NARs and
+  # nothing else. nix-daemon --stdio serves a full, if untrusted, daemon
+  # connection: build derivations, add content-addressed or validly signed
+  # paths, add GC roots, collect garbage.
+  serveCommand =
+    if cfg.protocol == "ssh" then
+      "${config.nix.package}/bin/nix-store --serve"
+    else
+      "${config.nix.package}/bin/nix-daemon --stdio";
+
+  # toString never copies a path literal into the store (the assertions
+  # refuse one anyway); interpolating it would.
+  secretKeyFiles = map toString ([ cfg.secretKeyFile ] ++ cfg.extraSecretKeyFiles);
+
+  keyFileProblems =
+    option: file:
+    if builtins.isPath file then
+      [
+        "${option} is the path literal ${toString file}; a path literal is copied into the Nix store, which every user can read. Give it as a string, e.g. \"${stateDir}/secret-key\""
+      ]
+    else if lib.hasPrefix builtins.storeDir file then
+      [
+        "${option} = \"${file}\" is inside the Nix store, which every user can read: keep signing keys outside it (the default ${stateDir}/secret-key is generated at first boot)"
+      ]
+    else if !lib.hasPrefix "/" file then
+      [ "${option} = \"${file}\" must be an absolute path" ]
+    else
+      [ ];
+
+  nixIsLix = (config.nix.package.pname or "") == "lix";
+  # AddSignatures needs no trust from Nix 2.17 on (and in Lix, forked
+  # later), so the signer runs as an unprivileged dynamic user.
+  untrustedMaySign = nixIsLix || lib.versionAtLeast (config.nix.package.version or "0") "2.17";
+
+  keyFileOption = lib.types.either lib.types.str lib.types.path;
+in
+{
+  options.services.nixcache.server = {
+    enable = lib.mkEnableOption "serving this machine's Nix store as a private, signed binary cache over SSH";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage \"\${nixcache}/nixos/package.nix\" { }";
+      description = "The nixcache package: its `keygen` makes the signing key and its `sign` signs what arrives.";
+    };
+
+    keyName = lib.mkOption {
+      type = lib.types.str;
+      default = "${config.networking.hostName}-1";
+      defaultText = lib.literalExpression "\"\${config.networking.hostName}-1\"";
+      example = "cache.example.org-1";
+      description = ''
+        Name of the signing key generated at first boot, as clients see it in
+        `trusted-public-keys` ("NAME:BASE64"). By convention the host name and
+        a number to bump when the key is rotated. It may not contain `:`, `#`
+        or white space.
+      '';
+    };
+
+    secretKeyFile = lib.mkOption {
+      type = keyFileOption;
+      default = "${stateDir}/secret-key";
+      example = "/var/lib/nixcache/secret-key-2";
+      description = ''
+        The secret signing key, outside the Nix store. If it does not exist,
+        `nixcache-keygen.service` creates it at boot (mode 0600, root only,
+        named `keyName`); it never leaves this machine. The Nix daemon signs
+        what it builds with it (`nix.settings.secret-key-files`) and
+        `nixcache-sign.service` signs everything else.
+      '';
+    };
+
+    extraSecretKeyFiles = lib.mkOption {
+      type = lib.types.listOf keyFileOption;
+      default = [ ];
+      example = [ "/var/lib/nixcache/secret-key" ];
+      description = ''
+        More existing secret keys to sign with, besides `secretKeyFile`: the
+        old key while a key is rotated, so clients that trust either key keep
+        substituting. They are never generated.
+      '';
+    };
+
+    publicKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "cache.example.org-1:OzAbNkYWs5nq8WXm3LwEtFXqlc9hNrgwJqaR4jVq2NA=";
+      description = ''
+        The public half of `secretKeyFile`, once known (after the first boot it
+        is in `publicKeyFile`). Setting it lets other configurations read it
+        from this one (for their `services.nixcache.client.publicKey`), and
+        `nixcache-keygen.service` fails at boot if the secret key on disk does
+        not match it, so a lost or swapped key shows up at once.
+      '';
+    };
+
+    publicKeyFile = lib.mkOption {
+      type = lib.types.str;
+      default = "/etc/nixcache/public-key";
+      readOnly = true;
+      description = ''
+        Where the cache's public key ("NAME:BASE64") is published for clients'
+        `trusted-public-keys`, readable by every user. Written at boot from
+        the secret key, so it always matches it.
+      '';
+    };
+
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = "nix-ssh";
+      description = "The account clients log in as; its only login is the forced serve command.";
+    };
+
+    protocol = lib.mkOption {
+      type = lib.types.enum [
+        "ssh"
+        "ssh-ng"
+      ];
+      default = "ssh";
+      description = ''
+        How clients are served. `ssh` (clients use `ssh://`) forces
+        `nix-store --serve` without `--write`: clients can query and download
+        paths and nothing else. `ssh-ng` (clients use `ssh-ng://`) forces
+        `nix-daemon --stdio`, which gives every client key an untrusted daemon
+        connection: it may also build derivations on this machine, add
+        content-addressed or validly signed paths, add GC roots and run the
+        garbage collector. Use it only for clients trusted that far.
+      '';
+    };
+
+    clients = lib.mkOption {
+      type = lib.types.attrsOf (
+        lib.types.submodule {
+          options = {
+            key = lib.mkOption {
+              type = lib.types.str;
+              example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb... root@build-01";
+              description = "The client's SSH public key: the root key its Nix daemon uses (`/etc/nixcache/client-ssh-key.pub` on a NixOS client).";
+            };
+            comment = lib.mkOption {
+              type = lib.types.str;
+              default = "";
+              description = "A note for admins; not used for anything.";
+            };
+          };
+        }
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          build-01.key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb...";
+          laptop-ana = { key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK2..."; comment = "Ana"; };
+        }
+      '';
+      description = ''
+        Clients allowed to read the cache, by name (1 to 63 letters, digits,
+        `.`, `_` or `-`), besides those in `registryFile`. A name or key may be
+        given only once across both.
+      '';
+    };
+
+    registryFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = lib.literalExpression "./clients.toml";
+      description = ''
+        A clients registry kept with `nixcache clients add|remove --registry
+        FILE`, read at evaluation time with `builtins.fromTOML`. Keep it next
+        to the configuration (in flakes it must be part of the flake). Removing
+        a client from it and rebuilding revokes the client's key.
+      '';
+    };
+
+    maxStartups = lib.mkOption {
+      type = lib.types.str;
+      default = "64:30:256";
+      description = ''
+        sshd's `MaxStartups`: how many connections may be mid-handshake before
+        sshd starts refusing some (start:rate:full). OpenSSH's 10:30:100 is
+        tight when a fleet of builders asks the cache at once; every Nix
+        command opens its own SSH connection.
+      '';
+    };
+
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Open sshd's ports (`services.openssh.ports`) in the firewall.";
+    };
+
+    signInterval = lib.mkOption {
+      type = lib.types.str;
+      default = "5min";
+      description = ''
+        Paths are signed as they arrive (a path unit watches the store
+        database); at most this long after a run a timer signs again, for a
+        path that arrived while the signer was running.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = clients.clients != { };
+        message = "services.nixcache.server is enabled but no client may read the cache: add services.nixcache.server.clients.<name>.key, or set services.nixcache.server.registryFile to the clients.toml that `nixcache clients add` writes.";
+      }
+      {
+        assertion = builtins.match "[^:#[:space:]]+" cfg.keyName != null;
+        message = "services.nixcache.server.keyName = \"${cfg.keyName}\" is not a valid key name: it must be non-empty, without ':', '#' or white space (Nix splits keys at ':', and nix.conf lists at white space).";
+      }
+      {
+        assertion = cfg.publicKey == null || lib.hasPrefix "${cfg.keyName}:" cfg.publicKey;
+        message = "services.nixcache.server.publicKey is named \"${
+          lib.head (lib.splitString ":" (toString cfg.publicKey))
+        }\" but keyName is \"${cfg.keyName}\": set publicKey to the content of ${cfg.publicKeyFile}.";
+      }
+      {
+        assertion = !(config.nix.sshServe.enable or false);
+        message = "services.nixcache.server replaces nix.sshServe (both configure the ${cfg.user} account and its forced command): set nix.sshServe.enable = false.";
+      }
+      {
+        assertion = untrustedMaySign;
+        message = "services.nixcache.server signs as an unprivileged user, which Nix allows from 2.17 on; nix.package is Nix ${config.nix.package.version or "(unknown)"}: use Nix 2.17 or later, or Lix.";
+      }
+    ]
+    ++ map (message: {
+      assertion = false;
+      inherit message;
+    }) (
+      keyFileProblems "services.nixcache.server.secretKeyFile" cfg.secretKeyFile
+      ++ lib.concatMap (keyFileProblems "services.nixcache.server.extraSecretKeyFiles") cfg.extraSecretKeyFiles
+      ++ clients.problems
+    );
+
+    warnings = lib.optional (cfg.protocol == "ssh-ng") ''
+      services.nixcache.server.protocol = "ssh-ng" serves every client key through nix-daemon --stdio as an untrusted user: clients can build on this machine, import paths, add GC roots and collect garbage. Use "ssh" for a read-only cache.
+    '';
+
+    environment.systemPackages = [ cfg.package ];
+
+    # The CLI on this machine uses the module's key without flags.
+    environment.etc."nixcache/config.toml".text = ''
+      # Written by the nixcache NixOS module.
+      key-name = ${builtins.toJSON cfg.keyName}
+      secret-key-file = ${builtins.toJSON (lib.head secretKeyFiles)}
+      public-key-file = ${builtins.toJSON publicKeyState}
+    '';
+    environment.etc."nixcache/public-key".source = publicKeyState;
+
+    nix.settings.secret-key-files = secretKeyFiles;
+
+    systemd.services.nixcache-keygen = {
+      description = "Create the nixcache signing key if it is missing";
+      documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
+      wantedBy = [
+        "multi-user.target"
+        "nix-daemon.service"
+      ];
+      before = [
+        "nix-daemon.service"
+        "nixcache-sign.service"
+      ];
+      path = [
+        cfg.package
+        config.systemd.package
+      ];
+      environment = {
+        NAME = cfg.keyName;
+        SECRET = lib.head secretKeyFiles;
+        PUBLIC = publicKeyState;
+        EXPECTED = toString cfg.publicKey;
+      };
+      script = ''
+        if [ ! -e "$SECRET" ]; then
+          mkdir -p "$(dirname "$SECRET")"
+          # O_EXCL and mode 0600; prints only the public key.
+          nixcache keygen --name "$NAME" --secret-key-file "$SECRET"
+        fi
+        for f in ${lib.escapeShellArgs (lib.tail secretKeyFiles)}; do
+          if [ ! -r "$f" ]; then
+            echo "extra secret key file $f does not exist: copy the old key there, or remove it from services.nixcache.server.extraSecretKeyFiles" >&2
+            exit 1
+          fi
+        done
+        # Published from the secret key itself, so it always matches it.
+        nixcache key public --secret-key-file "$SECRET" > "$PUBLIC.tmp"
+        chmod 0644 "$PUBLIC.tmp"
+        mv "$PUBLIC.tmp" "$PUBLIC"
+        if [ -n "$EXPECTED" ] && [ "$(cat "$PUBLIC")" != "$EXPECTED" ]; then
+          echo "the key in $SECRET is $(cat "$PUBLIC"), not services.nixcache.server.publicKey = $EXPECTED" >&2
+          exit 1
+        fi
+        # A new key (first boot, rotation) signs everything at once.
+        systemctl start --no-block nixcache-sign.service
+      '';
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        UMask = "0077";
+        StateDirectory = "nixcache";
+        StateDirectoryMode = "0755";
+      };
+    };
+
+    # Signs every valid path that lacks a signature by each key: paths copied
+    # in by an admin or CI (`nix copy`, `nix-store --import`), substituted
+    # from elsewhere, or everything at once after a key is added. What the
+    # daemon builds is signed by secret-key-files already.
+    systemd.services.nixcache-sign = {
+      description = "Sign the Nix store's paths with the nixcache keys";
+      documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
+      after = [
+        "nixcache-keygen.service"
+        "nix-daemon.socket"
+      ];
+      wants = [ "nixcache-keygen.service" ];
+      requires = [ "nix-daemon.socket" ];
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = lib.imap0 (
+          i: _: "${lib.getExe cfg.package} sign --all --secret-key-file %d/key-${toString i}"
+        ) secretKeyFiles;
+        # The keys reach the service as credentials: root reads them, the
+        # service sees a private copy.
+        LoadCredential = lib.imap0 (i: f: "key-${toString i}:${f}") secretKeyFiles;
+
+        # Identity: an unprivileged, untrusted daemon user.
+        DynamicUser = true;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        # Filesystem: reads nothing but its credentials; talks to the daemon's socket.
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        UMask = "0077";
+        # Network: the daemon's Unix socket only.
+        PrivateNetwork = true;
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+        # Kernel and process isolation.
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged @resources"
+        ];
+        # The Go runtime raises its open-file limit at start; let that fail
+        # quietly instead of killing the process.
+        SystemCallErrorNumber = "EPERM";
+      };
+    };
+
+    # Any registration writes the store database (its WAL, in WAL mode) in
+    # this directory. systemd stops watching while the signer runs, so its
+    # own signatures start no new run, and a path that arrives meanwhile
+    # waits for the next change or the timer.
+    systemd.paths.nixcache-sign = {
+      description = "Sign Nix store paths as they arrive";
+      wantedBy = [ "multi-user.target" ];
+      pathConfig = {
+        PathModified = "/nix/var/nix/db";
+        Unit = "nixcache-sign.service";
+      };
+    };
+    systemd.timers.nixcache-sign = {
+      description = "Sign Nix store paths the path unit missed";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = "1min";
+        OnUnitInactiveSec = cfg.signInterval;
+      };
+    };
+
+    # What the cache serves must be alive to Nix's garbage collector: a path
+    # pushed here is kept by a root in this directory (see the README).
+    systemd.tmpfiles.rules = [ "d ${gcRootsDir} 0755 root root -" ];
+
+    users.users.${cfg.user} = {
+      description = "nixcache clients (read-only)";
+      isSystemUser = true;
+      group = cfg.user;
+      # The forced command runs through the login shell.
+      useDefaultShell = true;
+      openssh.authorizedKeys.keys = registry.authorizedKeys {
+        inherit (clients) clients;
+        command = serveCommand;
+      };
+    };
+    users.groups.${cfg.user} = { };
+
+    services.openssh = {
+      enable = true;
+      settings.MaxStartups = lib.mkDefault cfg.maxStartups;
+      # As nixpkgs' nix.sshServe, and again in every authorized_keys line
+      # (restrict, command=): the account can run the serve command and
+      # nothing else, however a key got there.
+      extraConfig = ''
+        Match User ${cfg.user}
+          AllowAgentForwarding no
+          AllowTcpForwarding no
+          AllowStreamLocalForwarding no
+          PermitTTY no
+          PermitTunnel no
+          PermitUserRC no
+          X11Forwarding no
+          AuthenticationMethods publickey
+          ForceCommand ${serveCommand}
+        Match All
+      '';
+    };
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall config.services.openssh.ports;
+  };
+}

@@ -1,0 +1,163 @@
+# services.nixcache.client, evaluated (see ./eval.nix).
+{
+  lib,
+  evalConfig,
+  expect,
+  ...
+}:
+let
+  publicKey = lib.fileContents ./test-keys/signing-2.public;
+  hostKey = lib.fileContents ./test-keys/host_ed25519.pub;
+
+  client =
+    settings: extra:
+    evalConfig [
+      {
+        networking.hostName = "build-01";
+        services.nixcache.client = {
+          enable = true;
+          host = "cache.example.org";
+          inherit publicKey hostKey;
+        }
+        // settings;
+      }
+      extra
+    ];
+  minimal = client { } { };
+  nixPackage = pname: version: {
+    type = "derivation";
+    name = "${pname}-${version}";
+    inherit pname version;
+    outPath = "/nix/store/00000000000000000000000000000000-${pname}-${version}";
+  };
+in
+{
+  "client: imported but not enabled changes nothing" =
+    let
+      config = evalConfig [ ];
+    in
+    expect.eq "substituters" config.nix.settings.substituters [ "https://cache.nixos.org/" ]
+    ++ expect.eq "known hosts" config.programs.ssh.knownHosts { }
+    ++ expect.eq "ssh_config" config.programs.ssh.extraConfig "";
+
+  "client: substitutes from the cache, trusting its key, keeping cache.nixos.org" =
+    expect.accepted minimal
+    ++ expect.eq "substituters" minimal.nix.settings.substituters [
+      "ssh://nix-ssh@cache.example.org"
+      "https://cache.nixos.org/"
+    ]
+    ++ expect.eq "trusted-public-keys" minimal.nix.settings.trusted-public-keys [
+      "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+      publicKey
+    ]
+    ++ expect.eq "fallback" minimal.nix.settings.fallback true
+    ++ expect.eq "require-sigs untouched" minimal.nix.settings.require-sigs true;
+
+  "client: the host key is pinned, on port 22 by name alone" =
+    expect.eq "knownHosts" minimal.programs.ssh.knownHosts.nixcache.hostNames [ "cache.example.org" ]
+    ++ expect.eq "host key" minimal.programs.ssh.knownHosts.nixcache.publicKey hostKey;
+
+  "client: another port is pinned as [host]:port and set for ssh" =
+    let
+      config = client { port = 2222; } { };
+    in
+    expect.eq "knownHosts" config.programs.ssh.knownHosts.nixcache.hostNames [ "[cache.example.org]:2222" ]
+    ++ expect.true "ssh_config Port" (lib.hasInfix "\n  Port 2222\n" config.programs.ssh.extraConfig)
+    ++ expect.eq "the URL has no port (Nix before 2.20 cannot parse one)" config.nix.settings.substituters [
+      "ssh://nix-ssh@cache.example.org"
+      "https://cache.nixos.org/"
+    ];
+
+  "client: ssh gets join's settings, for this host and user only" =
+    let
+      text = minimal.programs.ssh.extraConfig;
+      lines = map (lib.removePrefix "  ") (lib.filter (lib.hasPrefix "  ") (lib.splitString "\n" text));
+    in
+    expect.true "Match block" (lib.hasInfix "Match originalhost cache.example.org user nix-ssh\n" text)
+    ++ expect.eq "settings" lines [
+      "Port 22"
+      "IdentityFile /var/lib/nixcache/client/ssh_ed25519"
+      "IdentitiesOnly yes"
+      "UserKnownHostsFile /dev/null"
+      "StrictHostKeyChecking yes"
+      "UpdateHostKeys no"
+      "CheckHostIP no"
+      "BatchMode yes"
+      "ConnectTimeout 5"
+      "ServerAliveInterval 5"
+      "ServerAliveCountMax 3"
+      "ControlMaster no"
+    ]
+    ++ expect.true "the block ends, so later lines apply to every host" (lib.hasSuffix "\nHost *\n" text);
+
+  "client: the daemon's ssh key is made at boot and its public half published" =
+    let
+      unit = minimal.systemd.services.nixcache-client-key;
+    in
+    expect.true "runs at boot, before the daemon" (
+      lib.elem "multi-user.target" unit.wantedBy && lib.elem "nix-daemon.service" unit.before
+    )
+    ++ expect.eq "umask" unit.serviceConfig.UMask "0077"
+    ++ expect.true "creates the key only when absent" (lib.hasInfix "if [ ! -e \"$KEY\" ]" unit.script)
+    ++ expect.eq "key" unit.environment.KEY "/var/lib/nixcache/client/ssh_ed25519"
+    ++ expect.eq "published" minimal.environment.etc."nixcache/client-ssh-key.pub".source "/var/lib/nixcache/client/ssh-key.pub";
+
+  "client: ssh-ng" =
+    expect.eq "substituters" (client { protocol = "ssh-ng"; } { }).nix.settings.substituters [
+      "ssh-ng://nix-ssh@cache.example.org"
+      "https://cache.nixos.org/"
+    ];
+
+  "client: an admin's fallback setting wins" =
+    expect.eq "fallback" (client { } { nix.settings.fallback = false; }).nix.settings.fallback false;
+
+  "client: max-connections is refused where Nix deadlocks" =
+    expect.refused (client { maxConnections = 4; } { }) [
+      "needs Nix 2.32 or Lix 2.93"
+      "nix 2.28.4"
+    ];
+
+  "client: max-connections on Nix 2.32 and Lix 2.93" =
+    let
+      nix = client { maxConnections = 4; } { nix.package = nixPackage "nix" "2.32.0"; };
+      lix = client { maxConnections = 4; } { nix.package = nixPackage "lix" "2.93.0"; };
+      oldLix = client { maxConnections = 4; } { nix.package = nixPackage "lix" "2.92.0"; };
+    in
+    expect.accepted nix
+    ++ expect.accepted lix
+    ++ expect.refused oldLix [ "lix 2.92.0" ]
+    ++ expect.eq "URL" (lib.head nix.nix.settings.substituters) "ssh://nix-ssh@cache.example.org?max-connections=4";
+
+  "client: refuses localhost and IPv6 literals" =
+    expect.refused (client { host = "localhost"; } { }) [ "host = \"localhost\"" ]
+    ++ expect.refused (client { host = "fd00::1"; } { }) [ "cannot take an IPv6 literal" ]
+    ++ expect.refused (client { host = "-oProxyCommand=x"; } { }) [ "must be a host name" ];
+
+  "client: refuses a malformed signing key and host key" =
+    expect.refused (client { publicKey = "ssh-ed25519 AAAA"; } { }) [ "NAME:BASE64" ]
+    ++ expect.refused (client { hostKey = "cache.example.org ssh-ed25519 AAAA"; } { }) [
+      "must be one SSH host public key"
+    ];
+
+  "client: refuses an ssh key in the store" =
+    expect.refused (client { sshKeyFile = "/nix/store/00000000000000000000000000000000-key"; } { }) [
+      "outside the Nix store"
+    ]
+    ++ expect.refused (client { sshKeyFile = ./test-keys/client_ed25519; } { }) [ "path literal" ];
+
+  "both roles on one machine" =
+    let
+      config = client { } {
+        services.nixcache.server = {
+          enable = true;
+          registryFile = ./registry.toml;
+        };
+      };
+    in
+    expect.accepted config
+    ++ expect.eq "secret-key-files" config.nix.settings.secret-key-files [ "/var/lib/nixcache/secret-key" ]
+    ++ expect.eq "substituters" config.nix.settings.substituters [
+      "ssh://nix-ssh@cache.example.org"
+      "https://cache.nixos.org/"
+    ];
+}

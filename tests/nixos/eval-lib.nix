@@ -1,0 +1,81 @@
+# What the module-evaluation tests share: the modules evaluated with
+# lib.evalModules next to the nixpkgs option mirror, expectations, and the
+# VM test's nodes evaluated the same way.
+{ lib }:
+let
+  storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+
+  # The only pkgs functions the modules and the VM test call; the package
+  # stands in for pkgs.callPackage ../../nixos/package.nix { }.
+  pkgs = {
+    inherit lib;
+    callPackage = _: _: {
+      type = "derivation";
+      name = "nixcache-0.1.0";
+      pname = "nixcache";
+      version = "0.1.0";
+      outPath = storePath "nixcache-0.1.0";
+      meta.mainProgram = "nixcache";
+    };
+    writeText = name: _: storePath name;
+  };
+
+  evalConfig =
+    modules:
+    (lib.evalModules {
+      modules = [
+        ./nixpkgs-options.nix
+        ./nixpkgs-defaults.nix
+        ../../nixos/default.nix
+        { _module.args.pkgs = pkgs; }
+      ]
+      ++ modules;
+    }).config;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  expect = {
+    eq =
+      what: actual: expected:
+      lib.optional (actual != expected)
+        "${what}: expected ${builtins.toJSON expected}, got ${builtins.toJSON actual}";
+    true = what: cond: lib.optional (!cond) what;
+    # An assertion fails, and its message contains every one of `parts`.
+    refused =
+      config: parts:
+      let
+        failed = failedAssertions config;
+      in
+      lib.optional (!lib.any (m: lib.all (p: lib.hasInfix p m) parts) failed)
+        "expected an assertion failure saying ${builtins.toJSON parts}, got ${builtins.toJSON failed}";
+    accepted = config: expect.eq "failed assertions" (failedAssertions config) [ ];
+  };
+
+  vmTest = import ./vm-cache.nix {
+    inherit pkgs;
+    nixcacheModule = ../../nixos/default.nix;
+  };
+  # As the test framework: each node is named after its attribute.
+  vmNode =
+    name: extra:
+    evalConfig (
+      [
+        vmTest.defaults
+        vmTest.nodes.${name}
+        { networking.hostName = lib.mkDefault name; }
+      ]
+      ++ extra
+    );
+  vmNodes = lib.genAttrs (lib.attrNames vmTest.nodes) (name: vmNode name [ ]);
+in
+{
+  inherit
+    lib
+    evalConfig
+    failedAssertions
+    expect
+    vmTest
+    vmNode
+    vmNodes
+    ;
+}

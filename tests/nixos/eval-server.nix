@@ -1,0 +1,269 @@
+# services.nixcache.server, evaluated (see ./eval.nix).
+{
+  lib,
+  evalConfig,
+  expect,
+  ...
+}:
+let
+  clientKey = lib.fileContents ./test-keys/client_ed25519.pub;
+  clientKeyBare = lib.concatStringsSep " " (lib.take 2 (lib.splitString " " clientKey));
+  build02Key = lib.concatStringsSep " " (
+    lib.take 2 (lib.splitString " " (lib.fileContents ./test-keys/build-02_ed25519.pub))
+  );
+  nixStore = "/nix/store/00000000000000000000000000000000-nix-2.28.4/bin/nix-store";
+  line = command: key: name: "restrict,command=\"${command}\" ${key} nixcache:${name}";
+
+  server =
+    settings:
+    evalConfig [
+      {
+        networking.hostName = "cache";
+        services.nixcache.server = {
+          enable = true;
+        }
+        // settings;
+      }
+    ];
+  withClient = settings: server ({ clients.laptop.key = clientKey; } // settings);
+
+  minimal = withClient { };
+  sign = minimal.systemd.services.nixcache-sign;
+in
+{
+  "server: imported but not enabled changes nothing" =
+    let
+      config = evalConfig [ ];
+    in
+    expect.eq "users" (lib.attrNames config.users.users) [ ]
+    ++ expect.eq "sshd enabled" config.services.openssh.enable false
+    ++ expect.eq "nix.settings.secret-key-files" (config.nix.settings.secret-key-files or null) null
+    ++ expect.eq "units" (lib.attrNames config.systemd.services) [ ]
+    ++ expect.eq "/etc" (lib.attrNames config.environment.etc) [ ];
+
+  "server: the key is made at boot and wired into nix.conf" =
+    expect.accepted minimal
+    ++ expect.eq "secret-key-files" minimal.nix.settings.secret-key-files [ "/var/lib/nixcache/secret-key" ]
+    ++ expect.eq "key unit type" minimal.systemd.services.nixcache-keygen.serviceConfig.Type "oneshot"
+    ++ expect.true "key unit runs at boot, before the daemon" (
+      lib.elem "multi-user.target" minimal.systemd.services.nixcache-keygen.wantedBy
+      && lib.elem "nix-daemon.service" minimal.systemd.services.nixcache-keygen.before
+    )
+    ++ expect.true "key unit names the key cache-1" (
+      minimal.systemd.services.nixcache-keygen.environment.NAME == "cache-1"
+    )
+    ++ expect.true "key unit creates the key only when absent" (
+      lib.hasInfix "if [ ! -e \"$SECRET\" ]" minimal.systemd.services.nixcache-keygen.script
+    )
+    ++ expect.eq "key unit umask" minimal.systemd.services.nixcache-keygen.serviceConfig.UMask "0077"
+    ++ expect.eq "published public key" minimal.environment.etc."nixcache/public-key".source "/var/lib/nixcache/public-key"
+    ++ expect.eq "no substituter added" minimal.nix.settings.substituters [ "https://cache.nixos.org/" ]
+    ++ expect.true "the CLI config names the key" (
+      lib.hasInfix "secret-key-file = \"/var/lib/nixcache/secret-key\"" minimal.environment.etc."nixcache/config.toml".text
+    );
+
+  "server: clients get read-only, restricted keys" =
+    let
+      user = minimal.users.users.nix-ssh;
+    in
+    expect.eq "authorized keys" user.openssh.authorizedKeys.keys [
+      (line "${nixStore} --serve" clientKeyBare "laptop")
+    ]
+    ++ expect.true "a system user" (user.isSystemUser && user.group == "nix-ssh")
+    ++ expect.true "its group exists" (minimal.users.groups ? nix-ssh)
+    ++ expect.true "sshd forces the serve command, without --write" (
+      lib.hasInfix "Match User nix-ssh\n" minimal.services.openssh.extraConfig
+      && lib.hasInfix "ForceCommand ${nixStore} --serve\n" minimal.services.openssh.extraConfig
+      && !lib.hasInfix "--write" minimal.services.openssh.extraConfig
+      && lib.hasInfix "PermitTTY no" minimal.services.openssh.extraConfig
+      && lib.hasInfix "AllowTcpForwarding no" minimal.services.openssh.extraConfig
+    )
+    ++ expect.true "the Match block is closed" (lib.hasSuffix "Match All\n" minimal.services.openssh.extraConfig)
+    ++ expect.eq "MaxStartups" minimal.services.openssh.settings.MaxStartups "64:30:256"
+    ++ expect.eq "no extra firewall ports" minimal.networking.firewall.allowedTCPPorts [ ]
+    ++ expect.eq "no warnings" minimal.warnings [ ];
+
+  "server: openFirewall opens sshd's ports" =
+    let
+      config = evalConfig [
+        {
+          services.nixcache.server = {
+            enable = true;
+            clients.a.key = clientKey;
+            openFirewall = true;
+          };
+          services.openssh.ports = [ 2222 ];
+        }
+      ];
+    in
+    expect.eq "allowedTCPPorts" config.networking.firewall.allowedTCPPorts [ 2222 ];
+
+  "server: the registry file and inline clients merge, in name order" =
+    let
+      config = server {
+        registryFile = ./registry.toml;
+        clients.a-laptop.key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T extra comment";
+      };
+    in
+    expect.accepted config
+    ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (line "${nixStore} --serve" "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T" "a-laptop")
+      (line "${nixStore} --serve" build02Key "build-02")
+      (line "${nixStore} --serve" clientKeyBare "client")
+    ];
+
+  "server: revoking in the registry removes the key" =
+    let
+      config = server { registryFile = ./registry-revoked.toml; };
+    in
+    expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (line "${nixStore} --serve" build02Key "build-02")
+    ];
+
+  "server: ssh-ng serves nix-daemon --stdio, with a warning" =
+    let
+      config = withClient { protocol = "ssh-ng"; };
+      daemon = "/nix/store/00000000000000000000000000000000-nix-2.28.4/bin/nix-daemon --stdio";
+    in
+    expect.true "ForceCommand" (lib.hasInfix "ForceCommand ${daemon}\n" config.services.openssh.extraConfig)
+    ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (line daemon clientKeyBare "laptop")
+    ]
+    ++ expect.true "a warning says what clients may do" (
+      lib.any (w: lib.hasInfix "can build on this machine" w) config.warnings
+    );
+
+  "server: arriving paths are signed by a hardened, unprivileged unit" =
+    expect.eq "ExecStart" sign.serviceConfig.ExecStart [
+      "/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache sign --all --secret-key-file %d/key-0"
+    ]
+    ++ expect.eq "LoadCredential" sign.serviceConfig.LoadCredential [ "key-0:/var/lib/nixcache/secret-key" ]
+    ++ expect.true "no privileges" (
+      sign.serviceConfig.DynamicUser
+      && sign.serviceConfig.CapabilityBoundingSet == ""
+      && sign.serviceConfig.NoNewPrivileges
+      && sign.serviceConfig.ProtectSystem == "strict"
+      && sign.serviceConfig.PrivateNetwork
+      && sign.serviceConfig.RestrictAddressFamilies == [ "AF_UNIX" ]
+    )
+    ++ expect.eq "path unit" minimal.systemd.paths.nixcache-sign.pathConfig {
+      PathModified = "/nix/var/nix/db";
+      Unit = "nixcache-sign.service";
+    }
+    ++ expect.eq "timer" minimal.systemd.timers.nixcache-sign.timerConfig {
+      OnBootSec = "1min";
+      OnUnitInactiveSec = "5min";
+    }
+    ++ expect.true "a new key signs everything" (
+      lib.hasInfix "systemctl start --no-block nixcache-sign.service" minimal.systemd.services.nixcache-keygen.script
+    );
+
+  "server: what it serves is kept from the garbage collector by its roots directory" =
+    expect.true "roots directory" (lib.elem "d /nix/var/nix/gcroots/nixcache 0755 root root -" minimal.systemd.tmpfiles.rules);
+
+  "server: rotation signs with the old and the new key" =
+    let
+      config = withClient {
+        keyName = "cache-2";
+        secretKeyFile = "/var/lib/nixcache/secret-key-2";
+        extraSecretKeyFiles = [ "/var/lib/nixcache/secret-key" ];
+        publicKey = "cache-2:iHyL9qvGwn8WeQL/A9ZZOhmJQBdlomPJ+rD2QBQQH+Q=";
+      };
+      s = config.systemd.services.nixcache-sign.serviceConfig;
+    in
+    expect.accepted config
+    ++ expect.eq "secret-key-files" config.nix.settings.secret-key-files [
+      "/var/lib/nixcache/secret-key-2"
+      "/var/lib/nixcache/secret-key"
+    ]
+    ++ expect.eq "LoadCredential" s.LoadCredential [
+      "key-0:/var/lib/nixcache/secret-key-2"
+      "key-1:/var/lib/nixcache/secret-key"
+    ]
+    ++ expect.eq "runs" (builtins.length s.ExecStart) 2
+    ++ expect.eq "expected public key checked at boot" config.systemd.services.nixcache-keygen.environment.EXPECTED "cache-2:iHyL9qvGwn8WeQL/A9ZZOhmJQBdlomPJ+rD2QBQQH+Q=";
+
+  "server: refuses no clients" = expect.refused (server { }) [ "no client may read the cache" "registryFile" ];
+
+  "server: refuses an invalid key name" = expect.refused (withClient { keyName = "cache:1"; }) [
+    "keyName = \"cache:1\" is not a valid key name"
+  ];
+
+  "server: refuses a key file in the store" = expect.refused (withClient {
+    secretKeyFile = "/nix/store/00000000000000000000000000000000-key";
+  }) [ "is inside the Nix store" ];
+
+  "server: refuses an extra key file in the store" = expect.refused (withClient {
+    extraSecretKeyFiles = [ "/nix/store/00000000000000000000000000000000-old-key" ];
+  }) [ "extraSecretKeyFiles" "is inside the Nix store" ];
+
+  "server: refuses a path literal key file, without copying it into the store" =
+    let
+      config = withClient { secretKeyFile = ./test-keys/signing-2.secret; };
+      written = builtins.head config.nix.settings.secret-key-files;
+    in
+    expect.refused config [ "is the path literal" "copied into the Nix store" ]
+    ++ expect.true "nix.conf would name the file itself, not a store copy" (
+      !lib.hasPrefix builtins.storeDir written && !builtins.hasContext written
+    );
+
+  "server: refuses a relative key file" = expect.refused (withClient { secretKeyFile = "secret-key"; }) [
+    "must be an absolute path"
+  ];
+
+  "server: refuses a public key of another name" = expect.refused (withClient {
+    publicKey = "other-1:iHyL9qvGwn8WeQL/A9ZZOhmJQBdlomPJ+rD2QBQQH+Q=";
+  }) [ "is named \"other-1\" but keyName is \"cache-1\"" ];
+
+  "server: refuses a key registered twice" = expect.refused (server {
+    registryFile = ./registry.toml;
+    clients.again.key = clientKey;
+  }) [ "the same key is given 2 times" "client \"again\"" "client \"client\"" ];
+
+  "server: refuses a name given twice" = expect.refused (server {
+    registryFile = ./registry.toml;
+    clients.client.key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T";
+  }) [ "a client name is given 2 times" ];
+
+  "server: refuses a bad client name and a key with options" =
+    let
+      config = server {
+        clients."bad name".key = clientKey;
+        clients.ok.key = "command=\"/bin/sh\" ${clientKey}";
+      };
+    in
+    expect.refused config [ "client name \"bad name\" is not allowed" ]
+    ++ expect.refused config [ "the key of client \"ok\" is not one OpenSSH public key" ];
+
+  "server: refuses nix.sshServe alongside" =
+    expect.refused
+      (evalConfig [
+        {
+          services.nixcache.server = {
+            enable = true;
+            clients.a.key = clientKey;
+          };
+          nix.sshServe.enable = true;
+        }
+      ])
+      [ "set nix.sshServe.enable = false" ];
+
+  "server: refuses a Nix too old to sign unprivileged" =
+    expect.refused
+      (evalConfig [
+        {
+          services.nixcache.server = {
+            enable = true;
+            clients.a.key = clientKey;
+          };
+          nix.package = {
+            type = "derivation";
+            name = "nix-2.3.18";
+            pname = "nix";
+            version = "2.3.18";
+            outPath = "/nix/store/00000000000000000000000000000000-nix-2.3.18";
+          };
+        }
+      ])
+      [ "Nix 2.3.18" "use Nix 2.17 or later" ];
+}

@@ -1,0 +1,259 @@
+// Package nixos_test checks the parts of the NixOS side that run without
+// NixOS or nixpkgs: the server module's registry rendering (plain builtins,
+// evaluated by the real nix-instantiate) against the real CLI, the VM
+// test's committed registries, and the flake's nixpkgs pin. The modules
+// themselves are evaluated by tests/nixos/eval.nix (scripts/eval-modules.sh,
+// and `nix flake check`); the VM test runs under `nix flake check` only.
+package nixos_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The store paths the module puts in command=, as on a NixOS server.
+const (
+	nixStore  = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-store"
+	nixDaemon = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-daemon"
+)
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+var nixcache string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nixcache-nixos-test-")
+	if err != nil {
+		panic(err)
+	}
+	nixcache = filepath.Join(dir, "nixcache")
+	out, err := exec.Command("go", "build", "-o", nixcache, "github.com/nixcache/nixcache/cmd/nixcache").CombinedOutput()
+	code := 1
+	if err != nil {
+		os.Stderr.Write(out)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// moduleLines evaluates nixos/registry.nix as the server module does:
+// the registry file's clients, rendered with command.
+func moduleLines(t *testing.T, registry, command string) (lines, problems []string) {
+	t.Helper()
+	abs, err := filepath.Abs(registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registryNix, err := filepath.Abs("../../nixos/registry.nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const expr = `{ registryNix, file, command }:
+let
+  r = import (/. + registryNix);
+  m = r.merge [ (r.readFile (/. + file)) ];
+in { inherit (m) problems; lines = r.authorizedKeys { inherit (m) clients; inherit command; }; }`
+	exprFile := filepath.Join(t.TempDir(), "eval.nix")
+	if err := os.WriteFile(exprFile, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, "nix-instantiate", "--eval", "--strict", "--json", exprFile,
+		"--argstr", "registryNix", registryNix, "--argstr", "file", abs, "--argstr", "command", command)
+	var v struct{ Problems, Lines []string }
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("decoding %s: %v", out, err)
+	}
+	return v.Lines, v.Problems
+}
+
+// cliLines is what `nixcache clients authorized-keys` renders, without its
+// header comment.
+func cliLines(t *testing.T, registry, protocol, program string) []string {
+	t.Helper()
+	out := run(t, nixcache, "clients", "authorized-keys", "--registry", registry,
+		"--protocol", protocol, "--serve-command", program)
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+func newKey(t *testing.T, dir, name, comment string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path)
+	data, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
+	dir := t.TempDir()
+	fresh := filepath.Join(dir, "clients.toml")
+	// A registry as an admin grows it: several clients, comments from the
+	// keys and from --comment, added out of order.
+	for _, c := range []struct{ name, keyComment, comment string }{
+		{"zz-last", "root@zz", ""},
+		{"build-01", "root@build-01", "CI runner"},
+		{"a.laptop_2", "", "Ana's \"laptop\""},
+	} {
+		key := newKey(t, dir, c.name, c.keyComment)
+		args := []string{"clients", "add", "--registry", fresh, "--key", key}
+		if c.comment != "" {
+			args = append(args, "--comment", c.comment)
+		}
+		run(t, nixcache, append(args, c.name)...)
+	}
+
+	for _, registry := range []string{fresh, "registry.toml", "registry-revoked.toml"} {
+		for _, p := range []struct{ protocol, program, command string }{
+			{"ssh", nixStore, nixStore + " --serve"},
+			{"ssh-ng", nixDaemon, nixDaemon + " --stdio"},
+		} {
+			want := cliLines(t, registry, p.protocol, p.program)
+			got, problems := moduleLines(t, registry, p.command)
+			if len(problems) > 0 {
+				t.Errorf("%s: the module refuses what the CLI wrote: %q", registry, problems)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s, %s: the module renders\n%s\nthe CLI renders\n%s", registry, p.protocol,
+					strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		}
+	}
+}
+
+func TestModuleRefusesANewerRegistry(t *testing.T) {
+	dir := t.TempDir()
+	registry := filepath.Join(dir, "clients.toml")
+	key := newKey(t, dir, "k", "")
+	text := "version = 2\n\n[clients.a]\nkey = \"" + key + "\"\nroles = [\"push\"]\n"
+	if err := os.WriteFile(registry, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lines, problems := moduleLines(t, registry, nixStore+" --serve")
+	if len(lines) != 0 || len(problems) != 1 || !strings.Contains(problems[0], "registry version 2 is not version 1") {
+		t.Errorf("lines %q, problems %q; want no lines and the version named", lines, problems)
+	}
+	// The CLI refuses it too.
+	cmd := exec.Command(nixcache, "clients", "list", "--registry", registry)
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Errorf("nixcache clients list read a version 2 registry:\n%s", out)
+	}
+}
+
+// The VM test's registries are what the CLI makes from the test keys.
+func TestCommittedRegistriesAreTheCLIs(t *testing.T) {
+	dir := t.TempDir()
+	registry := filepath.Join(dir, "clients.toml")
+	for _, name := range []string{"client", "build-02"} {
+		key, err := os.ReadFile(filepath.Join("test-keys", name+"_ed25519.pub"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, nixcache, "clients", "add", "--registry", registry, "--key", strings.TrimSpace(string(key)), name)
+	}
+	compare := func(committed string) {
+		t.Helper()
+		want, err := os.ReadFile(registry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(committed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from what nixcache clients writes:\n%s\nwant:\n%s", committed, got, want)
+		}
+	}
+	compare("registry.toml")
+	run(t, nixcache, "clients", "remove", "--registry", registry, "client")
+	compare("registry-revoked.toml")
+}
+
+// The pin we were given for nixos-26.05 (a real flake.lock node; it cannot
+// be recomputed offline).
+var nixpkgsPin = map[string]any{
+	"lastModified": float64(1787101114),
+	"narHash":      "sha256-gwrPcFf/rDjHPaVflbDZ040ZDmBTRj/7+s8ZmE2SaIM=",
+	"owner":        "NixOS",
+	"repo":         "nixpkgs",
+	"rev":          "b18a4b905f8d028dc4476412e6d6891728695379",
+	"type":         "github",
+}
+
+func TestFlakeLockPinsNixpkgs(t *testing.T) {
+	data, err := os.ReadFile("../../flake.lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lock struct {
+		Version int
+		Root    string
+		Nodes   map[string]struct {
+			Inputs   map[string]string
+			Locked   map[string]any
+			Original map[string]any
+		}
+	}
+	if err := json.Unmarshal(data, &lock); err != nil {
+		t.Fatal(err)
+	}
+	if lock.Version != 7 {
+		t.Errorf("flake.lock version %d, want 7", lock.Version)
+	}
+	root := lock.Nodes[lock.Root]
+	if len(root.Inputs) != 1 {
+		t.Errorf("the flake has inputs %v; want nixpkgs alone", root.Inputs)
+	}
+	node := lock.Nodes[root.Inputs["nixpkgs"]]
+	for k, want := range nixpkgsPin {
+		if node.Locked[k] != want {
+			t.Errorf("locked %s = %v, want %v", k, node.Locked[k], want)
+		}
+	}
+	if len(node.Locked) != len(nixpkgsPin) {
+		t.Errorf("locked has %d fields, want %d: %v", len(node.Locked), len(nixpkgsPin), node.Locked)
+	}
+	wantOriginal := map[string]any{"owner": "NixOS", "repo": "nixpkgs", "ref": "nixos-26.05", "type": "github"}
+	for k, want := range wantOriginal {
+		if node.Original[k] != want {
+			t.Errorf("original %s = %v, want %v", k, node.Original[k], want)
+		}
+	}
+	flake, err := os.ReadFile("../../flake.nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(flake, []byte(`inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";`)) {
+		t.Error("flake.nix does not take nixpkgs from github:NixOS/nixpkgs/nixos-26.05, the locked branch")
+	}
+}

@@ -1,0 +1,245 @@
+# The whole cache in three VMs: `server` runs services.nixcache.server,
+# `client` is registered and substitutes from it, `outsider` runs the same
+# client module but is not registered. Keys under ./test-keys are TEST ONLY.
+#
+# Used by the flake: pkgs.testers.runNixOSTest (import ./vm-cache.nix { inherit pkgs nixcacheModule; })
+{ pkgs, nixcacheModule }:
+let
+  inherit (pkgs) lib;
+
+  # The key the server rotates to. The clients are configured to trust it
+  # (and cache.nixos.org) only; until the rotation the test hands them the
+  # key the server generated at boot, as an admin reads it from
+  # /etc/nixcache/public-key.
+  rotatedPublicKey = lib.fileContents ./test-keys/signing-2.public;
+  hostKey = lib.fileContents ./test-keys/host_ed25519.pub;
+
+  # A tiny derivation that needs no nixpkgs: `nix-build this --argstr name X`.
+  testDerivation = pkgs.writeText "nixcache-test-derivation.nix" ''
+    { name }:
+    derivation {
+      inherit name;
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      args = [ "-c" "echo ''${name} > $out" ];
+    }
+  '';
+
+  clientNode = {
+    imports = [ nixcacheModule ];
+    services.nixcache.client = {
+      enable = true;
+      host = "server";
+      publicKey = rotatedPublicKey;
+      inherit hostKey;
+    };
+  };
+in
+{
+  name = "nixcache";
+  globalTimeout = 1800;
+
+  defaults = {
+    documentation.enable = false;
+    nix.settings.experimental-features = [ "nix-command" ];
+    # The paths under test come from the cache or from local builds, never
+    # from cache.nixos.org, which the VMs cannot reach anyway.
+    nix.settings.connect-timeout = 1;
+  };
+
+  nodes = {
+    server = {
+      imports = [ nixcacheModule ];
+      services.nixcache.server = {
+        enable = true;
+        registryFile = ./registry.toml;
+        openFirewall = true;
+      };
+      # A pinned, TEST-ONLY host key; a real server generates its own.
+      services.openssh.hostKeys = [
+        {
+          type = "ed25519";
+          path = "/etc/ssh/test_host_ed25519_key";
+        }
+      ];
+      environment.etc."ssh/test_host_ed25519_key" = {
+        source = ./test-keys/host_ed25519;
+        mode = "0600";
+      };
+
+      # `nixcache clients remove client`, then a rebuild.
+      specialisation.revoked.configuration.services.nixcache.server.registryFile =
+        lib.mkForce ./registry-revoked.toml;
+
+      # Rotation: the new key signs, the old one too, until clients moved.
+      specialisation.rotated.configuration.services.nixcache.server = {
+        keyName = "server-2";
+        secretKeyFile = "/var/lib/nixcache/secret-key-2";
+        extraSecretKeyFiles = [ "/var/lib/nixcache/secret-key" ];
+        publicKey = rotatedPublicKey;
+      };
+    };
+
+    client = {
+      imports = [ clientNode ];
+      # The registered TEST-ONLY key, in place before the key unit looks.
+      system.activationScripts.nixcacheTestKey = ''
+        install -D -m 0600 ${./test-keys/client_ed25519} /var/lib/nixcache/client/ssh_ed25519
+      '';
+    };
+
+    # Same module, own key generated at boot, never registered.
+    outsider = clientNode;
+  };
+
+  testScript =
+    { nodes, ... }:
+    let
+      srv = nodes.server.services.nixcache.server;
+      cli = nodes.client.services.nixcache.client;
+    in
+    ''
+      import shlex
+
+      cache = "${cli.protocol}://${cli.user}@${cli.host}"
+      authorized_keys = "/etc/ssh/authorized_keys.d/${srv.user}"
+
+
+      def build(machine, name, out_link=None):
+          link = f"--out-link {out_link}" if out_link else "--no-out-link"
+          return machine.succeed(f"nix-build ${testDerivation} --argstr name {name} {link}").strip()
+
+
+      def sigs(machine, path):
+          return machine.succeed(f"nix path-info --sigs {path}")
+
+
+      def substitute(machine, path, trust=None):
+          """Realise path on machine from the cache alone; trust adds a key."""
+          opts = f"--option extra-trusted-public-keys {shlex.quote(trust)}" if trust else ""
+          return machine.execute(f"nix-store --realise {path} {opts} 2>&1")
+
+
+      def copy_to_server(path):
+          """Copy a path to the server the admin's way, unsigned, and root it."""
+          export = client.succeed(f"nix-store --export {path} | base64 -w0")
+          server.succeed(f"echo {export} | base64 -d | nix-store --import")
+          name = path.split("-", 1)[1]
+          server.succeed(f"nix-store --add-root ${"/nix/var/nix/gcroots/nixcache"}/{name} --realise {path}")
+
+
+      def built_on_client_then_forgotten(name):
+          """A path the client built unsigned, then deleted from its own store."""
+          path = build(client, name)
+          copy_to_server(path)
+          client.succeed(f"nix-store --delete {path}")
+          return path
+
+
+      start_all()
+
+      with subtest("the server makes its signing key at boot"):
+          server.wait_for_unit("nixcache-keygen.service")
+          server.succeed("test \"$(stat -c '%a %U' ${srv.secretKeyFile})\" = '600 root'")
+          boot_key = server.succeed("cat ${srv.publicKeyFile}").strip()
+          assert boot_key.startswith("${srv.keyName}:"), boot_key
+          server.succeed("grep -q 'secret-key-files.*${srv.secretKeyFile}' /etc/nix/nix.conf")
+          server.wait_for_unit("sshd.service")
+          server.wait_for_open_port(22)
+
+      with subtest("a path built on the server is signed"):
+          built = build(server, "built-on-server", "/nix/var/nix/gcroots/nixcache/built-on-server")
+          assert "${srv.keyName}:" in sigs(server, built), sigs(server, built)
+
+      with subtest("the client pins the host key and never prompts"):
+          client.wait_for_unit("nixcache-client-key.service")
+          client.succeed("grep -qF ${lib.escapeShellArg hostKey} /etc/ssh/ssh_known_hosts")
+          client.succeed(f"grep -qF {shlex.quote(cache)} /etc/nix/nix.conf")
+          client.succeed("nix config show | grep -q '^substituters = .*https://cache.nixos.org/'")
+
+      with subtest("the client substitutes it and the signature verifies"):
+          status, out = substitute(client, built)
+          assert status == 0, out
+          client.succeed(f"nix store verify --sigs-needed 1 --option extra-trusted-public-keys {shlex.quote(boot_key)} {built}")
+          assert "${srv.keyName}:" in sigs(client, built)
+
+      with subtest("the client refuses a path signed by a key it does not trust"):
+          other = build(server, "signed-by-boot-key", "/nix/var/nix/gcroots/nixcache/signed-by-boot-key")
+          status, out = substitute(client, other)  # trusts only the rotated key
+          assert status != 0, out
+          client.fail(f"nix-store --check-validity {other}")
+
+      with subtest("a path copied to the server unsigned gets signed, then substitutes"):
+          copied = built_on_client_then_forgotten("copied-unsigned")
+          server.wait_until_succeeds(f"nix path-info --sigs {copied} | grep -q '${srv.keyName}:'", timeout=120)
+          status, out = substitute(client, copied, trust=boot_key)
+          assert status == 0, out
+
+      with subtest("the outsider is refused"):
+          outsider.wait_for_unit("nixcache-client-key.service")
+          pub = outsider.succeed("cat ${cli.sshPublicKeyFile}")
+          server.fail(f"grep -qF {shlex.quote(pub.split()[1])} {authorized_keys}")
+          status, out = outsider.execute("ssh ${cli.user}@${cli.host} true < /dev/null 2>&1")
+          assert status == 255 and "Permission denied (publickey)" in out, out
+          status, out = substitute(outsider, built, trust=boot_key)
+          assert status != 0, out
+          outsider.fail(f"nix-store --check-validity {built}")
+
+      with subtest("an unsigned or foreign-signed path is refused by the client"):
+          server.succeed("systemctl stop nixcache-sign.path nixcache-sign.timer")
+          server.wait_until_succeeds("! systemctl is-active nixcache-sign.service")
+          unsigned = built_on_client_then_forgotten("stays-unsigned")
+          foreign = built_on_client_then_forgotten("foreign-signed")
+          server.succeed("nixcache keygen --name foreign-1 --secret-key-file /root/foreign.secret")
+          server.succeed(f"nix store sign --key-file /root/foreign.secret {foreign}")
+          assert "${srv.keyName}:" not in sigs(server, unsigned) + sigs(server, foreign)
+          for path in [unsigned, foreign]:
+              status, out = substitute(client, path, trust=boot_key)
+              assert status != 0, out
+              client.fail(f"nix-store --check-validity {path}")
+          # Signing resumes: the next run signs both, and they substitute.
+          server.succeed("systemctl start nixcache-sign.path nixcache-sign.timer nixcache-sign.service")
+          for path in [unsigned, foreign]:
+              assert "${srv.keyName}:" in sigs(server, path)
+              status, out = substitute(client, path, trust=boot_key)
+              assert status == 0, out
+
+      with subtest("a client cannot upload or build on the server"):
+          mine = build(client, "client-only")
+          client.fail(f"nix copy --to ssh://${cli.user}@${cli.host} {mine}")
+          client.fail(f"nix copy --to ssh-ng://${cli.user}@${cli.host} {mine}")
+          drv = client.succeed("nix-instantiate ${testDerivation} --argstr name remote-build").strip()
+          client.fail(f"nix-store --realise {drv} --max-jobs 0 --builders 'ssh://${cli.user}@${cli.host}'")
+          status, out = client.execute("ssh ${cli.user}@${cli.host} id < /dev/null 2>&1")
+          assert "uid=" not in out, out
+          server.fail(f"nix-store --check-validity {mine}")
+          server.succeed(f"! nix path-info --all | grep -e client-only -e remote-build")
+
+      with subtest("garbage collection keeps what the cache serves"):
+          server.succeed("nix-store --gc")
+          for path in [built, other, copied]:
+              server.succeed(f"nix-store --check-validity {path}")
+
+      with subtest("key rotation: signing with both keys, a client trusting only the new key substitutes"):
+          server.succeed("install -m 0600 ${./test-keys/signing-2.secret} /var/lib/nixcache/secret-key-2")
+          server.succeed("/run/booted-system/specialisation/rotated/bin/switch-to-configuration test >&2")
+          server.succeed("test \"$(cat ${srv.publicKeyFile})\" = ${lib.escapeShellArg rotatedPublicKey}")
+          server.wait_until_succeeds(f"nix path-info --sigs {other} | grep -q 'server-2:'", timeout=120)
+          assert "${srv.keyName}:" in sigs(server, other)
+          status, out = substitute(client, other)  # no extra key: the module's only
+          assert status == 0, out
+          client.succeed(f"nix store verify --sigs-needed 1 {other}")
+          fresh = build(server, "after-rotation", "/nix/var/nix/gcroots/nixcache/after-rotation")
+          assert "server-2:" in sigs(server, fresh) and "${srv.keyName}:" in sigs(server, fresh)
+
+      with subtest("a client removed from the registry is refused after the server rebuilds"):
+          last = build(server, "after-revocation", "/nix/var/nix/gcroots/nixcache/after-revocation")
+          server.succeed("/run/booted-system/specialisation/revoked/bin/switch-to-configuration test >&2")
+          server.fail(f"grep -q 'nixcache:client$' {authorized_keys}")
+          server.succeed(f"grep -q 'nixcache:build-02$' {authorized_keys}")
+          status, out = client.execute("ssh ${cli.user}@${cli.host} true < /dev/null 2>&1")
+          assert status == 255 and "Permission denied (publickey)" in out, out
+          status, out = substitute(client, last, trust=boot_key)
+          assert status != 0, out
+    '';
+}
