@@ -24,7 +24,7 @@ import (
 )
 
 func main() {
-	proto := flag.String("protocol", "ssh-ng", "serve with `ssh` (nix-store --serve) or ssh-ng (nix-daemon --stdio)")
+	proto := flag.String("protocol", "ssh", "serve with `ssh` (nix-store --serve, read-only) or ssh-ng (nix-daemon --stdio)")
 	keep := flag.Bool("keep", false, "keep the cache running until interrupted")
 	flag.Parse()
 	if err := run(harness.Protocol(*proto), *keep); err != nil {
