@@ -41,6 +41,9 @@ in
 
   defaults = {
     documentation.enable = false;
+    # In each system's closure, so the store in the VM has it registered and
+    # rooted: a garbage collection would remove it otherwise.
+    environment.etc."nixcache-test/derivation.nix".source = testDerivation;
     nix.settings.experimental-features = [ "nix-command" ];
     # The paths under test come from the cache or from local builds, never
     # from cache.nixos.org, which the VMs cannot reach anyway.
@@ -64,6 +67,11 @@ in
       ];
       environment.etc."ssh/test_host_ed25519_key" = {
         source = ./test-keys/host_ed25519;
+        mode = "0600";
+      };
+      # The TEST-ONLY key the server rotates to, installed by the test script.
+      environment.etc."nixcache-test/signing-2.secret" = {
+        source = ./test-keys/signing-2.secret;
         mode = "0600";
       };
 
@@ -107,7 +115,7 @@ in
 
       def build(machine, name, out_link=None):
           link = f"--out-link {out_link}" if out_link else "--no-out-link"
-          return machine.succeed(f"nix-build ${testDerivation} --argstr name {name} {link}").strip()
+          return machine.succeed(f"nix-build /etc/nixcache-test/derivation.nix --argstr name {name} {link}").strip()
 
 
       def sigs(machine, path):
@@ -206,14 +214,14 @@ in
 
       with subtest("a client cannot upload or build on the server"):
           mine = build(client, "client-only")
-          client.fail(f"nix copy --to ssh://${cli.user}@${cli.host} {mine}")
-          client.fail(f"nix copy --to ssh-ng://${cli.user}@${cli.host} {mine}")
-          drv = client.succeed("nix-instantiate ${testDerivation} --argstr name remote-build").strip()
-          client.fail(f"nix-store --realise {drv} --max-jobs 0 --builders 'ssh://${cli.user}@${cli.host}'")
+          client.fail(f"timeout 120 nix copy --to ssh://${cli.user}@${cli.host} {mine}")
+          client.fail(f"timeout 120 nix copy --to ssh-ng://${cli.user}@${cli.host} {mine}")
+          drv = client.succeed("nix-instantiate /etc/nixcache-test/derivation.nix --argstr name remote-build").strip()
+          client.fail(f"timeout 120 nix-store --realise {drv} --max-jobs 0 --builders 'ssh://${cli.user}@${cli.host}'")
           status, out = client.execute("ssh ${cli.user}@${cli.host} id < /dev/null 2>&1")
           assert "uid=" not in out, out
           server.fail(f"nix-store --check-validity {mine}")
-          server.succeed(f"! nix path-info --all | grep -e client-only -e remote-build")
+          server.succeed("! nix path-info --all | grep -e client-only -e remote-build")
 
       with subtest("garbage collection keeps what the cache serves"):
           server.succeed("nix-store --gc")
@@ -221,7 +229,7 @@ in
               server.succeed(f"nix-store --check-validity {path}")
 
       with subtest("key rotation: signing with both keys, a client trusting only the new key substitutes"):
-          server.succeed("install -m 0600 ${./test-keys/signing-2.secret} /var/lib/nixcache/secret-key-2")
+          server.succeed("install -m 0600 /etc/nixcache-test/signing-2.secret /var/lib/nixcache/secret-key-2")
           server.succeed("/run/booted-system/specialisation/rotated/bin/switch-to-configuration test >&2")
           server.succeed("test \"$(cat ${srv.publicKeyFile})\" = ${lib.escapeShellArg rotatedPublicKey}")
           server.wait_until_succeeds(f"nix path-info --sigs {other} | grep -q 'server-2:'", timeout=120)
