@@ -14,7 +14,8 @@ lib=$(cd "$1" && pwd)
 echo "nixpkgs lib $(cat "$lib/lib/.version" 2>/dev/null || echo '(version unknown)') from $lib" >&2
 passed=$(nix-instantiate --eval --strict --json tests/nixos/eval.nix --arg lib "import $lib/lib")
 # ["case one","case two"] -> one case per line
-echo "$passed" | sed 's/^\["//; s/"\]$//; s/","/\n/g' | sed 's/^/passed: /'
+echo "$passed" | sed 's/^\["//; s/"\]$//; s/","/\n/g' |
+  sed 's/^\(.*(not checked.*\)$/not run: \1/; t; s/^/passed: /'
 
 # The VM test's script, rendered against the evaluated nodes, must at
 # least be valid Python; running it needs `nix flake check` on a real machine.

@@ -11,7 +11,11 @@
 { lib }:
 let
   args = import ./eval-lib.nix { inherit lib; };
-  cases = import ./eval-server.nix args // import ./eval-client.nix args // import ./eval-vm.nix args;
+  cases =
+    import ./eval-server.nix args
+    // import ./eval-client.nix args
+    // import ./eval-vm.nix args
+    // import ./eval-flake.nix args;
 
   failures = lib.concatLists (
     lib.mapAttrsToList (name: fs: map (f: "${name}: ${f}") fs) (builtins.deepSeq cases cases)
