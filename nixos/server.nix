@@ -430,8 +430,9 @@ in
       settings.MaxStartups = lib.mkDefault cfg.maxStartups;
       # As nixpkgs' nix.sshServe, and again in every authorized_keys line
       # (restrict, command=): the account can run the serve command and
-      # nothing else, however a key got there.
-      extraConfig = ''
+      # nothing else, however a key got there. Last in sshd_config, since
+      # nothing global may follow a Match block.
+      extraConfig = lib.mkAfter ''
         Match User ${cfg.user}
           AllowAgentForwarding no
           AllowTcpForwarding no
