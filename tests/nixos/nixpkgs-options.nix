@@ -1164,6 +1164,12 @@ in
       default = { };
     };
 
+    # nixos/modules/config/networking.nix
+    networking.hosts = mkOption {
+      type = types.attrsOf (types.listOf types.str);
+      default = { };
+    };
+
     # nixos/modules/misc/documentation.nix
     documentation.enable = mkOption {
       type = types.bool;

@@ -12,6 +12,7 @@ let
   # key the server generated at boot, as an admin reads it from
   # /etc/nixcache/public-key.
   rotatedPublicKey = lib.fileContents ./test-keys/signing-2.public;
+  rotatedKeyName = lib.head (lib.splitString ":" rotatedPublicKey);
   hostKey = lib.fileContents ./test-keys/host_ed25519.pub;
 
   # A tiny derivation that needs no nixpkgs: `nix-build this --argstr name X`.
@@ -46,7 +47,9 @@ in
     environment.etc."nixcache-test/derivation.nix".source = testDerivation;
     nix.settings.experimental-features = [ "nix-command" ];
     # The paths under test come from the cache or from local builds, never
-    # from cache.nixos.org, which the VMs cannot reach anyway.
+    # from cache.nixos.org, which the VMs cannot reach: make that fail at
+    # once (connection refused) instead of waiting on DNS.
+    networking.hosts."127.0.0.1" = [ "cache.nixos.org" ];
     nix.settings.connect-timeout = 1;
   };
 
@@ -81,7 +84,7 @@ in
 
       # Rotation: the new key signs, the old one too, until clients moved.
       specialisation.rotated.configuration.services.nixcache.server = {
-        keyName = "server-2";
+        keyName = rotatedKeyName;
         secretKeyFile = "/var/lib/nixcache/secret-key-2";
         extraSecretKeyFiles = [ "/var/lib/nixcache/secret-key" ];
         publicKey = rotatedPublicKey;
@@ -232,13 +235,13 @@ in
           server.succeed("install -m 0600 /etc/nixcache-test/signing-2.secret /var/lib/nixcache/secret-key-2")
           server.succeed("/run/booted-system/specialisation/rotated/bin/switch-to-configuration test >&2")
           server.succeed("test \"$(cat ${srv.publicKeyFile})\" = ${lib.escapeShellArg rotatedPublicKey}")
-          server.wait_until_succeeds(f"nix path-info --sigs {other} | grep -q 'server-2:'", timeout=120)
+          server.wait_until_succeeds(f"nix path-info --sigs {other} | grep -q '${rotatedKeyName}:'", timeout=120)
           assert "${srv.keyName}:" in sigs(server, other)
           status, out = substitute(client, other)  # no extra key: the module's only
           assert status == 0, out
           client.succeed(f"nix store verify --sigs-needed 1 {other}")
           fresh = build(server, "after-rotation", "/nix/var/nix/gcroots/nixcache/after-rotation")
-          assert "server-2:" in sigs(server, fresh) and "${srv.keyName}:" in sigs(server, fresh)
+          assert "${rotatedKeyName}:" in sigs(server, fresh) and "${srv.keyName}:" in sigs(server, fresh)
 
       with subtest("a client removed from the registry is refused after the server rebuilds"):
           last = build(server, "after-revocation", "/nix/var/nix/gcroots/nixcache/after-revocation")
