@@ -24,7 +24,9 @@ trusted-public-keys, and also written to --public-key-file when given.
 
 Defaults: NAME is key-name from the config file, else "$(hostname)-1";
 the secret key file is secret-key-file from the config file, else
-/var/lib/nixcache/secret-key.
+/var/lib/nixcache/secret-key. The config file's public-key-file is written
+only along with its own secret-key-file: a key made elsewhere with
+--secret-key-file never replaces the cache's published public key.
 
 EXAMPLES:
    nixcache keygen --name cache.example.org-1
@@ -57,7 +59,10 @@ EXAMPLES:
 				return errUsage{withHint(err, "choose a name like cache.example.org-1: no ':', '#' or white space")}
 			}
 			secretPath := firstNonEmpty(c.String("secret-key-file"), cfg.SecretKeyFile)
-			publicPath := firstNonEmpty(c.String("public-key-file"), cfg.PublicKeyFile)
+			publicPath := c.String("public-key-file")
+			if publicPath == "" && c.String("secret-key-file") == "" {
+				publicPath = cfg.PublicKeyFile
+			}
 			if publicPath == secretPath {
 				return errUsage{fmt.Errorf("the public and secret key files are both %q", secretPath)}
 			}
