@@ -12,7 +12,6 @@ let
 
   stateDir = "/var/lib/nixcache";
   publicKeyState = "${stateDir}/public-key";
-  gcRootsDir = "/nix/var/nix/gcroots/nixcache";
 
   clients = registry.merge (
     [ (registry.normalise "services.nixcache.server.clients" cfg.clients) ]
@@ -127,6 +126,18 @@ in
       '';
     };
 
+    gcRootsDir = lib.mkOption {
+      type = lib.types.str;
+      default = "/nix/var/nix/gcroots/nixcache";
+      readOnly = true;
+      description = ''
+        Where a path is published: a root here keeps it and its closure from
+        the garbage collector and has it signed at once, e.g.
+        `nix-store --add-root /nix/var/nix/gcroots/nixcache/NAME --realise PATH`.
+        Remove the link to stop serving the path.
+      '';
+    };
+
     user = lib.mkOption {
       type = lib.types.str;
       default = "nix-ssh";
@@ -214,9 +225,11 @@ in
       type = lib.types.str;
       default = "5min";
       description = ''
-        Paths are signed as they arrive (a path unit watches the store
-        database); at most this long after a run a timer signs again, for a
-        path that arrived while the signer was running.
+        Paths are signed when they are published (a root appears in
+        /nix/var/nix/gcroots/nixcache) and by what the daemon builds; a
+        timer signs everything else at most this long after the last run.
+        Each run reads every valid path's info through the daemon, so its
+        cost grows with the store.
       '';
     };
   };
@@ -313,8 +326,9 @@ in
           echo "the key in $SECRET is $(cat "$PUBLIC"), not services.nixcache.server.publicKey = $EXPECTED" >&2
           exit 1
         fi
-        # A new key (first boot, rotation) signs everything at once.
-        systemctl start --no-block nixcache-sign.service
+        # A new key (first boot, rotation) signs everything at once; a run
+        # already going may have started with the old keys.
+        systemctl restart --no-block nixcache-sign.service
       '';
       serviceConfig = {
         Type = "oneshot";
@@ -387,20 +401,21 @@ in
       };
     };
 
-    # Any registration writes the store database (its WAL, in WAL mode) in
-    # this directory. systemd stops watching while the signer runs, so its
-    # own signatures start no new run, and a path that arrives meanwhile
-    # waits for the next change or the timer.
+    # Publishing a path (a root in gcRootsDir) signs it and its closure at
+    # once. The store database cannot be the trigger: every daemon
+    # connection opens files there for writing, reads included, so the
+    # signer would run for each client and for its own connection.
     systemd.paths.nixcache-sign = {
-      description = "Sign Nix store paths as they arrive";
+      description = "Sign Nix store paths as they are published";
       wantedBy = [ "multi-user.target" ];
       pathConfig = {
-        PathModified = "/nix/var/nix/db";
+        PathChanged = cfg.gcRootsDir;
         Unit = "nixcache-sign.service";
       };
     };
+    # Paths that arrive without being published (or while a run is going).
     systemd.timers.nixcache-sign = {
-      description = "Sign Nix store paths the path unit missed";
+      description = "Sign Nix store paths the path unit did not see";
       wantedBy = [ "timers.target" ];
       timerConfig = {
         OnBootSec = "1min";
@@ -410,7 +425,7 @@ in
 
     # What the cache serves must be alive to Nix's garbage collector: a path
     # pushed here is kept by a root in this directory (see the README).
-    systemd.tmpfiles.rules = [ "d ${gcRootsDir} 0755 root root -" ];
+    systemd.tmpfiles.rules = [ "d ${cfg.gcRootsDir} 0755 root root -" ];
 
     users.users.${cfg.user} = {
       description = "nixcache clients (read-only)";

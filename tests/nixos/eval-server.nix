@@ -147,7 +147,7 @@ in
       && sign.serviceConfig.RestrictAddressFamilies == [ "AF_UNIX" ]
     )
     ++ expect.eq "path unit" minimal.systemd.paths.nixcache-sign.pathConfig {
-      PathModified = "/nix/var/nix/db";
+      PathChanged = "/nix/var/nix/gcroots/nixcache";
       Unit = "nixcache-sign.service";
     }
     ++ expect.eq "timer" minimal.systemd.timers.nixcache-sign.timerConfig {
@@ -155,7 +155,7 @@ in
       OnUnitInactiveSec = "5min";
     }
     ++ expect.true "a new key signs everything" (
-      lib.hasInfix "systemctl start --no-block nixcache-sign.service" minimal.systemd.services.nixcache-keygen.script
+      lib.hasInfix "systemctl restart --no-block nixcache-sign.service" minimal.systemd.services.nixcache-keygen.script
     );
 
   "server: what it serves is kept from the garbage collector by its roots directory" =

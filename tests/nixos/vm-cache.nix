@@ -26,6 +26,14 @@ let
     }
   '';
 
+  # The rotation, as an admin would do it (see the README).
+  rotation = {
+    keyName = rotatedKeyName;
+    secretKeyFile = "/var/lib/nixcache/secret-key-2";
+    extraSecretKeyFiles = [ "/var/lib/nixcache/secret-key" ];
+    publicKey = rotatedPublicKey;
+  };
+
   clientNode = {
     imports = [ nixcacheModule ];
     services.nixcache.client = {
@@ -60,6 +68,9 @@ in
         enable = true;
         registryFile = ./registry.toml;
         openFirewall = true;
+        # Only the path unit (or an explicit start) signs during the test,
+        # so each story shows which of them did.
+        signInterval = "1h";
       };
       # A pinned, TEST-ONLY host key; a real server generates its own.
       services.openssh.hostKeys = [
@@ -78,16 +89,12 @@ in
         mode = "0600";
       };
 
-      # `nixcache clients remove client`, then a rebuild.
-      specialisation.revoked.configuration.services.nixcache.server.registryFile =
-        lib.mkForce ./registry-revoked.toml;
-
       # Rotation: the new key signs, the old one too, until clients moved.
-      specialisation.rotated.configuration.services.nixcache.server = {
-        keyName = rotatedKeyName;
-        secretKeyFile = "/var/lib/nixcache/secret-key-2";
-        extraSecretKeyFiles = [ "/var/lib/nixcache/secret-key" ];
-        publicKey = rotatedPublicKey;
+      specialisation.rotated.configuration.services.nixcache.server = rotation;
+
+      # Then `nixcache clients remove client`, and a rebuild.
+      specialisation.revoked.configuration.services.nixcache.server = rotation // {
+        registryFile = lib.mkForce ./registry-revoked.toml;
       };
     };
 
@@ -108,6 +115,7 @@ in
     let
       srv = nodes.server.services.nixcache.server;
       cli = nodes.client.services.nixcache.client;
+      gcRoots = srv.gcRootsDir;
     in
     ''
       import shlex
@@ -125,6 +133,9 @@ in
           return machine.succeed(f"nix path-info --sigs {path}")
 
 
+      unsigned_message = "is not signed by any of the keys in 'trusted-public-keys'"
+
+
       def substitute(machine, path, trust=None):
           """Realise path on machine from the cache alone; trust adds a key."""
           opts = f"--option extra-trusted-public-keys {shlex.quote(trust)}" if trust else ""
@@ -136,7 +147,7 @@ in
           export = client.succeed(f"nix-store --export {path} | base64 -w0")
           server.succeed(f"echo {export} | base64 -d | nix-store --import")
           name = path.split("-", 1)[1]
-          server.succeed(f"nix-store --add-root ${"/nix/var/nix/gcroots/nixcache"}/{name} --realise {path}")
+          server.succeed(f"nix-store --add-root ${gcRoots}/{name} --realise {path}")
 
 
       def built_on_client_then_forgotten(name):
@@ -159,14 +170,18 @@ in
           server.wait_for_open_port(22)
 
       with subtest("a path built on the server is signed"):
-          built = build(server, "built-on-server", "/nix/var/nix/gcroots/nixcache/built-on-server")
+          # By the daemon, as it builds (secret-key-files): not yet published,
+          # so the signer has not run for it.
+          built = build(server, "built-on-server")
           assert "${srv.keyName}:" in sigs(server, built), sigs(server, built)
+          server.succeed(f"nix-store --add-root ${gcRoots}/built-on-server --realise {built}")
 
       with subtest("the client pins the host key and never prompts"):
           client.wait_for_unit("nixcache-client-key.service")
           client.succeed("grep -qF ${lib.escapeShellArg hostKey} /etc/ssh/ssh_known_hosts")
           client.succeed(f"grep -qF {shlex.quote(cache)} /etc/nix/nix.conf")
-          client.succeed("nix config show | grep -q '^substituters = .*https://cache.nixos.org/'")
+          # (grep without -q reads all: an early exit would break nix's pipe.)
+          client.succeed("nix config show | grep '^substituters = .*https://cache.nixos.org/'")
 
       with subtest("the client substitutes it and the signature verifies"):
           status, out = substitute(client, built, trust=boot_key)
@@ -175,13 +190,13 @@ in
           assert "${srv.keyName}:" in sigs(client, built)
 
       with subtest("the client refuses a path signed by a key it does not trust"):
-          other = build(server, "signed-by-boot-key", "/nix/var/nix/gcroots/nixcache/signed-by-boot-key")
+          other = build(server, "signed-by-boot-key", "${gcRoots}/signed-by-boot-key")
           status, out = substitute(client, other)  # trusts only the rotated key
-          assert status != 0, out
+          assert status != 0 and unsigned_message in out, out
           client.fail(f"nix-store --check-validity {other}")
 
-      with subtest("a path copied to the server unsigned gets signed, then substitutes"):
-          copied = built_on_client_then_forgotten("copied-unsigned")
+      with subtest("a path copied to the server unsigned gets signed once published, then substitutes"):
+          copied = built_on_client_then_forgotten("copied-unsigned")  # publishing roots it
           server.wait_until_succeeds(f"nix path-info --sigs {copied} | grep -q '${srv.keyName}:'", timeout=120)
           status, out = substitute(client, copied, trust=boot_key)
           assert status == 0, out
@@ -198,15 +213,18 @@ in
 
       with subtest("an unsigned or foreign-signed path is refused by the client"):
           server.succeed("systemctl stop nixcache-sign.path nixcache-sign.timer")
-          server.wait_until_succeeds("! systemctl is-active nixcache-sign.service")
+          # is-active is false for a oneshot still activating: wait for the run.
+          server.wait_until_succeeds("test \"$(systemctl show -P ActiveState nixcache-sign.service)\" != activating")
           unsigned = built_on_client_then_forgotten("stays-unsigned")
           foreign = built_on_client_then_forgotten("foreign-signed")
           server.succeed("nixcache keygen --name foreign-1 --secret-key-file /root/foreign.secret")
           server.succeed(f"nix store sign --key-file /root/foreign.secret {foreign}")
+          # Making another key on the server leaves the published one alone.
+          server.succeed(f"test \"$(cat ${srv.publicKeyFile})\" = {shlex.quote(boot_key)}")
           assert "${srv.keyName}:" not in sigs(server, unsigned) + sigs(server, foreign)
           for path in [unsigned, foreign]:
               status, out = substitute(client, path, trust=boot_key)
-              assert status != 0, out
+              assert status != 0 and unsigned_message in out, out
               client.fail(f"nix-store --check-validity {path}")
           # Signing resumes: the next run signs both, and they substitute.
           server.succeed("systemctl start nixcache-sign.path nixcache-sign.timer nixcache-sign.service")
@@ -232,7 +250,7 @@ in
       with subtest("garbage collection keeps what the cache serves"):
           for path in [built, other, copied]:
               roots = server.succeed(f"nix-store --query --roots {path}")
-              assert "/nix/var/nix/gcroots/nixcache/" in roots, roots
+              assert "${gcRoots}/" in roots, roots
               out = server.fail(f"nix-store --delete {path} 2>&1")
               assert "still alive" in out, out
           unpublished = build(server, "unpublished")
@@ -248,12 +266,14 @@ in
           status, out = substitute(client, other)  # no extra key: the module's only
           assert status == 0, out
           client.succeed(f"nix store verify --sigs-needed 1 {other}")
-          fresh = build(server, "after-rotation", "/nix/var/nix/gcroots/nixcache/after-rotation")
+          fresh = build(server, "after-rotation", "${gcRoots}/after-rotation")
           assert "${rotatedKeyName}:" in sigs(server, fresh) and "${srv.keyName}:" in sigs(server, fresh)
 
       with subtest("a client removed from the registry is refused after the server rebuilds"):
-          last = build(server, "after-revocation", "/nix/var/nix/gcroots/nixcache/after-revocation")
+          last = build(server, "after-revocation", "${gcRoots}/after-revocation")
           server.succeed("/run/booted-system/specialisation/revoked/bin/switch-to-configuration test >&2")
+          # Still the rotated key: revoking a client changes nothing else.
+          server.succeed("test \"$(cat ${srv.publicKeyFile})\" = ${lib.escapeShellArg rotatedPublicKey}")
           server.fail(f"grep -q 'nixcache:client$' {authorized_keys}")
           server.succeed(f"grep -q 'nixcache:build-02$' {authorized_keys}")
           status, out = client.execute("ssh ${cli.user}@${cli.host} true < /dev/null 2>&1")
