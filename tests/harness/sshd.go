@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nixcache/nixcache/internal/atomicfile"
@@ -164,19 +165,41 @@ Match All
 		return err
 	}
 	defer log.Close()
+	args := []string{"-D", "-e", "-f", cfgPath}
+	if penaltiesSupported(sshd, cfgPath) {
+		// OpenSSH 9.8 and later penalise a source address for failed logins
+		// and for connections that end before authenticating, as join's and
+		// doctor's host-key checks do; every test connects from 127.0.0.1,
+		// so the penalties soon refuse the tests' own logins.
+		args = append(args, "-o", "PerSourcePenalties=no")
+	}
 	// sshd runs in a mount namespace of its own in which /etc/passwd, group
 	// and shadow are copies with the nix-ssh account added: the machine's
 	// files are never touched. `unshare` without --fork execs in place, so
 	// the PID we hold is sshd's.
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--",
-		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && exec "$4" -D -e -f "$5"`,
-		"sh", files[0], files[1], files[2], sshd, cfgPath)
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
+		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && sshd="$4" && shift 4 && exec "$sshd" "$@"`,
+		"sh", files[0], files[1], files[2], sshd}, args...)...)
 	cmd.Env = e.Environ()
 	cmd.Stdout, cmd.Stderr = log, log
 	if s.sshd, err = startProcess(cmd); err != nil {
 		return err
 	}
 	return s.waitReady()
+}
+
+var penalties struct {
+	once      sync.Once
+	supported bool
+}
+
+// penaltiesSupported reports whether this sshd knows PerSourcePenalties
+// (OpenSSH 9.8 and later), asking it to check a configuration with it.
+func penaltiesSupported(sshd, cfgPath string) bool {
+	penalties.once.Do(func() {
+		penalties.supported = exec.Command(sshd, "-t", "-f", cfgPath, "-o", "PerSourcePenalties=no").Run() == nil
+	})
+	return penalties.supported
 }
 
 // accountFiles writes copies of passwd, group and shadow that add the cache

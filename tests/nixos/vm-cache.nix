@@ -133,7 +133,8 @@ in
           return machine.succeed(f"nix path-info --sigs {path}")
 
 
-      unsigned_message = "is not signed by any of the keys in 'trusted-public-keys'"
+      # "is not signed by" (Nix 2.8), "as it's not signed by" (2.26): the common part.
+      unsigned_message = "not signed by any of the keys in 'trusted-public-keys'"
 
 
       def substitute(machine, path, trust=None):
