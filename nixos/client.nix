@@ -8,6 +8,7 @@
 }:
 let
   cfg = config.services.nixcache.client;
+  common = import ./common.nix { inherit lib; };
 
   stateDir = "/var/lib/nixcache/client";
   publicSshKeyState = "${stateDir}/ssh-key.pub";
@@ -34,10 +35,8 @@ in
   options.services.nixcache.client = {
     enable = lib.mkEnableOption "substituting from a nixcache server over SSH";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage \"\${nixcache}/nixos/package.nix\" { }";
+    package = common.packageOption {
+      inherit pkgs;
       description = "The nixcache package, installed for `nixcache verify`.";
     };
 
@@ -90,7 +89,7 @@ in
     };
 
     sshKeyFile = lib.mkOption {
-      type = lib.types.either lib.types.str lib.types.path;
+      type = common.secretPathType;
       default = "${stateDir}/ssh_ed25519";
       description = ''
         The private SSH key root's ssh (run by the Nix daemon) logs in with,
@@ -138,14 +137,21 @@ in
         message = "services.nixcache.client.hostKey must be one SSH host public key \"TYPE BASE64\", such as the content of /etc/ssh/ssh_host_ed25519_key.pub on the server.";
       }
       {
-        assertion = !builtins.isPath cfg.sshKeyFile && !lib.hasPrefix "${builtins.storeDir}/" sshKeyFile && lib.hasPrefix "/" sshKeyFile;
-        message = "services.nixcache.client.sshKeyFile must be an absolute path outside the Nix store, given as a string (a path literal would be copied into the store, which every user can read); the default ${stateDir}/ssh_ed25519 is generated at boot.";
-      }
-      {
         assertion = cfg.maxConnections == 1 || maxConnectionsSafe;
         message = "services.nixcache.client.maxConnections = ${toString cfg.maxConnections} needs Nix 2.32 or Lix 2.93; nix.package is ${config.nix.package.pname or "nix"} ${nixVersion}, whose ssh stores deadlock with more than one connection (NixOS/nix#13902). Keep it at 1.";
       }
-    ];
+    ]
+    ++ map (message: {
+      assertion = false;
+      inherit message;
+    }) (
+      common.secretPathProblems {
+        option = "services.nixcache.client.sshKeyFile";
+        value = cfg.sshKeyFile;
+        what = "the daemon's SSH key";
+        default = "${stateDir}/ssh_ed25519";
+      }
+    );
 
     nix.settings = {
       # Added to the list, which keeps cache.nixos.org.

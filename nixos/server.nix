@@ -9,6 +9,7 @@
 let
   cfg = config.services.nixcache.server;
   registry = import ./registry.nix;
+  common = import ./common.nix { inherit lib; };
 
   stateDir = "/var/lib/nixcache";
   publicKeyState = "${stateDir}/public-key";
@@ -33,35 +34,24 @@ let
   secretKeyFiles = map toString ([ cfg.secretKeyFile ] ++ cfg.extraSecretKeyFiles);
 
   keyFileProblems =
-    option: file:
-    if builtins.isPath file then
-      [
-        "${option} is the path literal ${toString file}; a path literal is copied into the Nix store, which every user can read. Give it as a string, e.g. \"${stateDir}/secret-key\""
-      ]
-    else if lib.hasPrefix builtins.storeDir file then
-      [
-        "${option} = \"${file}\" is inside the Nix store, which every user can read: keep signing keys outside it (the default ${stateDir}/secret-key is generated at first boot)"
-      ]
-    else if !lib.hasPrefix "/" file then
-      [ "${option} = \"${file}\" must be an absolute path" ]
-    else
-      [ ];
+    option: value:
+    common.secretPathProblems {
+      inherit option value;
+      what = "signing keys";
+      default = "${stateDir}/secret-key";
+    };
 
   nixIsLix = (config.nix.package.pname or "") == "lix";
   # AddSignatures needs no trust from Nix 2.17 on (and in Lix, forked
   # later), so the signer runs as an unprivileged dynamic user.
   untrustedMaySign = nixIsLix || lib.versionAtLeast (config.nix.package.version or "0") "2.17";
-
-  keyFileOption = lib.types.either lib.types.str lib.types.path;
 in
 {
   options.services.nixcache.server = {
     enable = lib.mkEnableOption "serving this machine's Nix store as a private, signed binary cache over SSH";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage \"\${nixcache}/nixos/package.nix\" { }";
+    package = common.packageOption {
+      inherit pkgs;
       description = "The nixcache package: its `keygen` makes the signing key and its `sign` signs what arrives.";
     };
 
@@ -79,7 +69,7 @@ in
     };
 
     secretKeyFile = lib.mkOption {
-      type = keyFileOption;
+      type = common.secretPathType;
       default = "${stateDir}/secret-key";
       example = "/var/lib/nixcache/secret-key-2";
       description = ''
@@ -92,7 +82,7 @@ in
     };
 
     extraSecretKeyFiles = lib.mkOption {
-      type = lib.types.listOf keyFileOption;
+      type = lib.types.listOf common.secretPathType;
       default = [ ];
       example = [ "/var/lib/nixcache/secret-key" ];
       description = ''

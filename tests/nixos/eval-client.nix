@@ -141,7 +141,8 @@ in
 
   "client: refuses an ssh key in the store" =
     expect.refused (client { sshKeyFile = "/nix/store/00000000000000000000000000000000-key"; } { }) [
-      "outside the Nix store"
+      "sshKeyFile"
+      "is inside the Nix store"
     ]
     ++ expect.refused (client { sshKeyFile = ./test-keys/client_ed25519; } { }) [ "path literal" ];
 
