@@ -130,7 +130,7 @@ in
       }
       {
         assertion = builtins.match "[^:[:space:]]+:[A-Za-z0-9+/]{43}=" cfg.publicKey != null;
-        message = "services.nixcache.client.publicKey must be the cache's public signing key \"NAME:BASE64\" (the content of /etc/nixcache/public-key on the server), not \"${cfg.publicKey}\".";
+        message = "services.nixcache.client.publicKey must be the cache's public signing key \"NAME:BASE64\" (the content of /etc/nixcache/public-key on the server); the value given is not one (and is not repeated here, in case it is a secret key).";
       }
       {
         assertion = builtins.match "(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,2}( [^\n]*)?" cfg.hostKey != null;
