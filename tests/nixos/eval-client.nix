@@ -3,6 +3,7 @@
   lib,
   evalConfig,
   expect,
+  failedAssertions,
   ...
 }:
 let
@@ -138,6 +139,16 @@ in
     ++ expect.refused (client { hostKey = "cache.example.org ssh-ed25519 AAAA"; } { }) [
       "must be one SSH host public key"
     ];
+
+  "client: refuses a secret key pasted as publicKey, without repeating it" =
+    let
+      secret = lib.fileContents ./test-keys/signing-2.secret;
+      config = client { publicKey = secret; } { };
+    in
+    expect.refused config [ "publicKey must be" ]
+    ++ expect.true "the secret is not in any message" (
+      !lib.any (lib.hasInfix (lib.last (lib.splitString ":" secret))) (failedAssertions config)
+    );
 
   "client: refuses an ssh key in the store" =
     expect.refused (client { sshKeyFile = "/nix/store/00000000000000000000000000000000-key"; } { }) [
