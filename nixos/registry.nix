@@ -65,9 +65,7 @@ let
       );
     };
 in
-rec {
-  inherit supportedVersion validName;
-
+{
   # Reads a registry file written by `nixcache clients`. `origin` names it
   # in messages.
   readFile =
