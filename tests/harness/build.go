@@ -53,8 +53,12 @@ func (e *Env) closureExpr() string { return filepath.Join(e.Dir, "closure.nix") 
 
 // BuildNixcache builds the nixcache command into the Env's directory, which
 // every user may read, and returns its path.
-func (e *Env) BuildNixcache() (string, error) {
-	bin := filepath.Join(e.Dir, "nixcache")
+func (e *Env) BuildNixcache() (string, error) { return BuildNixcache(e.Dir) }
+
+// BuildNixcache builds the nixcache command into dir and returns its path,
+// for tests that need no Env.
+func BuildNixcache(dir string) (string, error) {
+	bin := filepath.Join(dir, "nixcache")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/nixcache/nixcache/cmd/nixcache").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("building nixcache: %v\n%s", err, out)

@@ -8,15 +8,16 @@ package nixos_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/nixcache/nixcache/tests/harness"
 )
 
 // The store paths the module puts in command=, as on a NixOS server.
@@ -27,16 +28,11 @@ const (
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	r := harness.Run(os.Environ(), name, args...)
+	if r.Err != nil {
+		t.Fatal(r.Err)
 	}
-	return string(out)
+	return r.Stdout
 }
 
 var nixcache string
@@ -46,11 +42,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	nixcache = filepath.Join(dir, "nixcache")
-	out, err := exec.Command("go", "build", "-o", nixcache, "github.com/nixcache/nixcache/cmd/nixcache").CombinedOutput()
 	code := 1
-	if err != nil {
-		os.Stderr.Write(out)
+	if nixcache, err = harness.BuildNixcache(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	} else {
 		code = m.Run()
 	}
