@@ -19,16 +19,24 @@ passed=$(nix-instantiate --eval --read-write-mode --strict --json tests/nixos/ev
 echo "$passed" | sed 's/^\["//; s/"\]$//; s/","/\n/g' |
   sed 's/^\(.*(not checked.*\)$/not run: \1/; t; s/^/passed: /'
 
-# The VM test's script, rendered against the evaluated nodes, must at
-# least be valid Python; running it needs `nix flake check` on a real machine.
-# The test driver also lints it with pyflakes, knowing its machines and
-# helpers; so does this, with the same names declared.
-script=$(mktemp)
+# The rest hands what the modules write to real tools: tests/nixos/render.nix
+# renders it all in one evaluation, one file per field.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+nix-instantiate --eval --strict --json tests/nixos/render.nix --arg lib "import $lib/lib" |
+  python3 -c 'import json, os, sys
+for name, text in json.load(sys.stdin).items():
+    open(os.path.join(sys.argv[1], name), "w").write(text)' "$tmp"
+
+# The VM test's script must at least be valid Python; running it needs
+# `nix flake check` on a real machine. The test driver also lints it with
+# pyflakes, knowing its machines and helpers; so does this, with the same
+# names declared.
+script="$tmp/testScript.py"
 {
   printf 'from typing import Any\nserver: Any = None\nclient: Any = None\noutsider: Any = None\n'
   printf 'def start_all() -> None: ...\ndef subtest(name: str) -> Any: ...\n'
-  nix-instantiate --eval --strict --json tests/nixos/render-vm-script.nix --arg lib "import $lib/lib" |
-    python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))'
+  cat "$tmp/testScript"
 } > "$script"
 python3 -c 'import sys; compile(open(sys.argv[1]).read(), "vm-cache testScript", "exec")' "$script"
 if ! /usr/bin/python3 -m pyflakes --version >/dev/null 2>&1; then
@@ -36,19 +44,12 @@ if ! /usr/bin/python3 -m pyflakes --version >/dev/null 2>&1; then
   exit 1
 fi
 /usr/bin/python3 -m pyflakes "$script"
-rm -f "$script"
 echo "passed: vm test: the rendered script compiles as Python and passes pyflakes"
 
 # The real sshd and ssh read what the modules write, as the VM test's nodes
 # have it, and apply it to the cache account and host alone.
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-render() {
-  nix-instantiate --eval --strict --json tests/nixos/render-ssh.nix --arg lib "import $lib/lib" -A "$1" |
-    python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))'
-}
 ssh-keygen -q -t ed25519 -N '' -f "$tmp/host_key"
-{ echo "HostKey $tmp/host_key"; render sshd; } > "$tmp/sshd_config"
+{ echo "HostKey $tmp/host_key"; cat "$tmp/sshd"; } > "$tmp/sshd_config"
 sshd=$(command -v sshd || echo /usr/sbin/sshd)
 "$sshd" -t -f "$tmp/sshd_config"
 effective() { "$sshd" -T -f "$tmp/sshd_config" -C "user=$1,host=client,addr=127.0.0.1"; }
@@ -65,13 +66,12 @@ if ! grep -qx "forcecommand none" <<<"$for_others"; then
 fi
 echo "passed: sshd -t accepts the server's sshd settings; -T applies them to nix-ssh alone"
 
-host=$(render host) user=$(render user)
-{ render ssh; printf 'Host *\n  GlobalKnownHostsFile %s\n' "$tmp/known_hosts"; } > "$tmp/ssh_config"
-{ render knownHosts; echo; } > "$tmp/known_hosts"
+host=$(cat "$tmp/host") user=$(cat "$tmp/user")
+{ cat "$tmp/ssh"; printf 'Host *\n  GlobalKnownHostsFile %s\n' "$tmp/knownHosts"; } > "$tmp/ssh_config"
 for_cache=$(ssh -T -G -F "$tmp/ssh_config" -l "$user" "$host")
 for_others=$(ssh -T -G -F "$tmp/ssh_config" -l root "$host")
 for want in "port 22" "identityfile /var/lib/nixcache/client/ssh_ed25519" "identitiesonly yes" \
-  "userknownhostsfile /dev/null" "globalknownhostsfile $tmp/known_hosts" "stricthostkeychecking true" \
+  "userknownhostsfile /dev/null" "globalknownhostsfile $tmp/knownHosts" "stricthostkeychecking true" \
   "updatehostkeys false" "checkhostip no" "batchmode yes" "connecttimeout 5" \
   "serveraliveinterval 5" "serveralivecountmax 3" "controlmaster false"; do
   grep -qx "$want" <<<"$for_cache" ||
@@ -81,7 +81,7 @@ if grep -qx "batchmode yes" <<<"$for_others"; then
   echo "the client's ssh settings apply to root@$host too" >&2
   exit 1
 fi
-pinned=$(ssh-keygen -F "$host" -f "$tmp/known_hosts")
+pinned=$(ssh-keygen -F "$host" -f "$tmp/knownHosts")
 grep -q "ssh-ed25519" <<<"$pinned" ||
   { echo "ssh-keygen -F finds no pinned key for $host" >&2; exit 1; }
 echo "passed: ssh -G applies the client's ssh settings to $user@$host alone, and the pin is found"
