@@ -4,6 +4,7 @@
   evalConfig,
   expect,
   failedAssertions,
+  fakePackage,
   ...
 }:
 let
@@ -25,12 +26,7 @@ let
       extra
     ];
   minimal = client { } { };
-  nixPackage = pname: version: {
-    type = "derivation";
-    name = "${pname}-${version}";
-    inherit pname version;
-    outPath = "/nix/store/00000000000000000000000000000000-${pname}-${version}";
-  };
+  nixPackage = pname: version: fakePackage pname version { };
 in
 {
   "client: imported but not enabled changes nothing" =

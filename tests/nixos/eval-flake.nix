@@ -2,7 +2,12 @@
 # buildGoModule, runCommand and runNixOSTest return their arguments (see
 # ./eval.nix): which outputs exist for which systems, and what the package
 # is built from and with.
-{ lib, expect, ... }:
+{
+  lib,
+  expect,
+  fake,
+  ...
+}:
 let
   systems = [
     "x86_64-linux"
@@ -10,16 +15,11 @@ let
     "x86_64-darwin"
     "aarch64-darwin"
   ];
-  fake = name: {
-    type = "derivation";
-    inherit name;
-    outPath = "/nix/store/00000000000000000000000000000000-${name}";
-  };
   # buildGoModule (finalAttrs: { ... }) as a fixed point, returning its attributes.
   buildGoModule =
     f:
     let
-      final = f final // fake "${final.pname}-${final.version}";
+      final = f final // fake "${final.pname}-${final.version}" { };
     in
     final;
   pkgsFor = system: {
@@ -33,18 +33,18 @@ let
       import path (
         {
           inherit lib buildGoModule;
-          nix = fake "nix";
-          openssh = fake "openssh";
+          nix = fake "nix" { };
+          openssh = fake "openssh" { };
         }
         // args
       );
-    runCommand = name: env: script: fake name // { inherit env script; };
-    testers.runNixOSTest = test: fake "vm-test" // { inherit test; };
-    mkShell = args: fake "shell" // args;
-    go = fake "go";
-    nix = fake "nix";
-    openssh = fake "openssh";
-    nixfmt = fake "nixfmt";
+    runCommand = name: env: script: fake name { inherit env script; };
+    testers.runNixOSTest = test: fake "vm-test" { inherit test; };
+    mkShell = fake "shell";
+    go = fake "go" { };
+    nix = fake "nix" { };
+    openssh = fake "openssh" { };
+    nixfmt = fake "nixfmt" { };
   };
   outputs = (import ../../flake.nix).outputs {
     self = outputs // {

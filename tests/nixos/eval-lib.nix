@@ -5,18 +5,24 @@
 let
   storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
 
+  # A stand-in derivation: enough for types.package, getExe and versions.
+  fake =
+    name: attrs:
+    {
+      type = "derivation";
+      inherit name;
+      outPath = storePath name;
+    }
+    // attrs;
+  fakePackage =
+    pname: version: attrs:
+    fake "${pname}-${version}" ({ inherit pname version; } // attrs);
+
   # The only pkgs functions the modules and the VM test call; the package
   # stands in for pkgs.callPackage ../../nixos/package.nix { }.
   pkgs = {
     inherit lib;
-    callPackage = _: _: {
-      type = "derivation";
-      name = "nixcache-0.1.0";
-      pname = "nixcache";
-      version = "0.1.0";
-      outPath = storePath "nixcache-0.1.0";
-      meta.mainProgram = "nixcache";
-    };
+    callPackage = _: _: fakePackage "nixcache" "0.1.0" { meta.mainProgram = "nixcache"; };
     writeText = name: _: storePath name;
   };
 
@@ -71,6 +77,8 @@ in
 {
   inherit
     lib
+    fake
+    fakePackage
     evalConfig
     failedAssertions
     expect

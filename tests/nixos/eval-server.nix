@@ -3,6 +3,7 @@
   lib,
   evalConfig,
   expect,
+  fakePackage,
   ...
 }:
 let
@@ -256,13 +257,7 @@ in
             enable = true;
             clients.a.key = clientKey;
           };
-          nix.package = {
-            type = "derivation";
-            name = "nix-2.3.18";
-            pname = "nix";
-            version = "2.3.18";
-            outPath = "/nix/store/00000000000000000000000000000000-nix-2.3.18";
-          };
+          nix.package = fakePackage "nix" "2.3.18" { };
         }
       ])
       [ "Nix 2.3.18" "use Nix 2.17 or later" ];
