@@ -54,15 +54,12 @@ in
 
     user = lib.mkOption {
       type = lib.types.str;
-      default = "nix-ssh";
+      default = common.defaultUser;
       description = "The account on the cache (`services.nixcache.server.user`).";
     };
 
     protocol = lib.mkOption {
-      type = lib.types.enum [
-        "ssh"
-        "ssh-ng"
-      ];
+      type = common.protocolType;
       default = "ssh";
       description = "The cache's `services.nixcache.server.protocol`: the substituter is `ssh://` or `ssh-ng://`.";
     };

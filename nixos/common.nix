@@ -2,6 +2,14 @@
 # check that a secret's path stays out of the world-readable store.
 { lib }:
 {
+  # How a cache serves clients: the substituter's URL scheme, and so the
+  # server's forced command. Both roles must agree on it and on the account.
+  protocolType = lib.types.enum [
+    "ssh"
+    "ssh-ng"
+  ];
+  defaultUser = "nix-ssh";
+
   packageOption =
     { pkgs, description }:
     lib.mkOption {

@@ -130,15 +130,12 @@ in
 
     user = lib.mkOption {
       type = lib.types.str;
-      default = "nix-ssh";
+      default = common.defaultUser;
       description = "The account clients log in as; its only login is the forced serve command.";
     };
 
     protocol = lib.mkOption {
-      type = lib.types.enum [
-        "ssh"
-        "ssh-ng"
-      ];
+      type = common.protocolType;
       default = "ssh";
       description = ''
         How clients are served. `ssh` (clients use `ssh://`) forces
