@@ -49,7 +49,7 @@ type Env struct {
 }
 
 // Requirements are the programs the harness runs.
-var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount"}
+var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount", "pivot_root"}
 
 // Start checks the requirements and starts the daemon. Call Close when done.
 func Start() (*Env, error) {
@@ -121,6 +121,25 @@ func (e *Env) StartDaemon(store, socket string) (stop func(), err error) {
 	return p.stop, nil
 }
 
+// ownRoot runs its arguments in a mount namespace whose root is this
+// process's root. Nix 2.8's daemon starts ssh for an ssh:// or ssh-ng://
+// substituter after setns(2) into its own mount namespace, which resets the
+// root to the namespace's: inside a chroot(2), as in chroot-based containers
+// and CI roots, ssh would run outside it, where the ssh config and keys it is
+// given do not exist ("Can't open user config file"). Newer Nix restores the
+// root (NixOS/nix#6348 and later). Pivoting a bind of / into place makes the
+// namespace's root and the process's root one, chroot or not; `unshare`
+// without --fork and the exec keep the PID the caller holds the daemon's.
+const ownRoot = `set -e
+d=$(mktemp -d /tmp/nixcache-root-XXXXXX)
+mount --rbind / "$d"
+cd "$d"
+pivot_root . .
+umount -l .
+cd /
+rmdir "$d"
+exec "$@"`
+
 // startDaemon starts nix-daemon listening on socket and waits until it
 // answers the handshake.
 func startDaemon(env []string, socket, logPath string, args ...string) (*process, error) {
@@ -129,7 +148,8 @@ func startDaemon(env []string, socket, logPath string, args ...string) (*process
 		return nil, err
 	}
 	defer log.Close()
-	cmd := exec.Command("nix-daemon", args...)
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
+		"/bin/sh", "-c", ownRoot, "sh", "nix-daemon"}, args...)...)
 	cmd.Env = append(slices.DeleteFunc(slices.Clone(env), func(s string) bool {
 		return strings.HasPrefix(s, "NIX_DAEMON_SOCKET_PATH=")
 	}), "NIX_DAEMON_SOCKET_PATH="+socket)
