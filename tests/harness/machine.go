@@ -77,6 +77,13 @@ func (m *Machine) Restart() error {
 	return m.Start()
 }
 
+// Log returns what the machine's daemon logged (ssh's errors among it), for
+// failure messages.
+func (m *Machine) Log() string {
+	b, _ := os.ReadFile(m.Socket + ".log")
+	return string(b)
+}
+
 // Close stops the daemon.
 func (m *Machine) Close() { m.Stop() }
 

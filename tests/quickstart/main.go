@@ -142,7 +142,7 @@ func run(proto harness.Protocol, keep bool) error {
 
 	step("client: the daemon substitutes %s", closure.Top)
 	if err := show(m.Realise(closure.Top)); err != nil {
-		return fmt.Errorf("substitution failed: %w\nsshd log:\n%s", err, server.Log())
+		return fmt.Errorf("substitution failed: %w\nsshd log:\n%s\nthe client daemon's log:\n%s", err, server.Log(), m.Log())
 	}
 
 	step("client: checking the signatures with the cache's public key")
