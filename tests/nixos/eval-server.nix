@@ -12,7 +12,7 @@ let
   build02Key = lib.concatStringsSep " " (
     lib.take 2 (lib.splitString " " (lib.fileContents ./test-keys/build-02_ed25519.pub))
   );
-  nixStore = "/nix/store/00000000000000000000000000000000-nix-2.28.4/bin/nix-store";
+  nixStore = "/nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-store";
   line = command: key: name: "restrict,command=\"${command}\" ${key} nixcache:${name}";
 
   server =
@@ -81,7 +81,7 @@ in
     )
     ++ expect.true "the Match block is closed" (lib.hasSuffix "Match All\n" minimal.services.openssh.extraConfig)
     ++ expect.eq "MaxStartups" minimal.services.openssh.settings.MaxStartups "64:30:256"
-    ++ expect.eq "no extra firewall ports" minimal.networking.firewall.allowedTCPPorts [ ]
+    ++ expect.eq "sshd's port is open, as NixOS opens it" minimal.networking.firewall.allowedTCPPorts [ 22 ]
     ++ expect.eq "no warnings" minimal.warnings [ ];
 
   "server: openFirewall opens sshd's ports" =
@@ -124,7 +124,7 @@ in
   "server: ssh-ng serves nix-daemon --stdio, with a warning" =
     let
       config = withClient { protocol = "ssh-ng"; };
-      daemon = "/nix/store/00000000000000000000000000000000-nix-2.28.4/bin/nix-daemon --stdio";
+      daemon = "/nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-daemon --stdio";
     in
     expect.true "ForceCommand" (lib.hasInfix "ForceCommand ${daemon}\n" config.services.openssh.extraConfig)
     ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [

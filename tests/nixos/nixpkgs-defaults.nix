@@ -5,6 +5,7 @@
 
 let
   cfg = config.nix;
+  sshd = config.services.openssh;
 
   # nixos/modules/services/system/nix-daemon.nix: isNixAtLeast
   isNixAtLeast = lib.versionAtLeast (lib.getVersion (cfg.package.out or cfg.package));
@@ -26,12 +27,15 @@ in
     # `nix.settings.substituters = [ ... ]` elsewhere is concatenated in front
     # of cache.nixos.org, not replacing it. trusted-public-keys and
     # trusted-users concatenate too (mkForce to drop the upstream entries).
-    # system-features is also the option default; this definition at normal
-    # priority is what is used, and extra definitions add to it.
+    # system-features is mkDefault (the option has no default): any plain
+    # definition elsewhere replaces this list instead of adding to it. Left
+    # out: the gccarch-* entries, which depend on
+    # pkgs.stdenv.hostPlatform.gcc.arch (unset on x86_64-linux and
+    # aarch64-linux).
     (lib.mkIf cfg.enable {
       nix.settings = {
         substituters = lib.mkAfter [ "https://cache.nixos.org/" ];
-        system-features = [
+        system-features = lib.mkDefault [
           "nixos-test"
           "benchmark"
           "big-parallel"
@@ -50,8 +54,16 @@ in
       ];
     })
 
-    # nixos/modules/programs/bash/bash.nix
-    # unconfirmed: read from memory, not from a stored copy of bash.nix.
+    # nixos/modules/programs/bash/bash.nix, unconditionally (its `enable`
+    # option was removed).
     { users.defaultUserShell = lib.mkDefault bashInteractiveStandIn; }
+
+    # nixos/modules/services/networking/ssh/sshd.nix, under
+    # `mkIf cfg.enable`: openFirewall (default true) opens every port sshd
+    # listens on. Not the ports of listenAddresses entries with their own
+    # port, upstream neither.
+    (lib.mkIf sshd.enable {
+      networking.firewall.allowedTCPPorts = lib.optionals sshd.openFirewall sshd.ports;
+    })
   ];
 }

@@ -49,10 +49,13 @@ let
     }
     // attrs;
 
-  # Stand-in for pkgs.nix.
-  nixStandIn = fakeDrv "nix-2.28.4" {
+  # Stand-in for pkgs.nix, which on nixos-26.05 is nixVersions.stable =
+  # nix_2_34 (pkgs/tools/package-management/nix/default.nix: 2.34.6 at the
+  # time of writing). nixos-25.11's is nix_2_31 (2.31.x); the tests set
+  # that one explicitly where it matters.
+  nixStandIn = fakeDrv "nix-2.34.6" {
     pname = "nix";
-    version = "2.28.4";
+    version = "2.34.6";
   };
 
   # Stand-in for pkgs.openssh.
@@ -346,16 +349,6 @@ let
     in
     types.attrsOf (types.either confAtom (types.listOf confAtom));
 
-  # nixos/modules/config/nix.nix: defaultSystemFeatures, without the
-  # gccarch-* entries (they depend on pkgs.stdenv.hostPlatform.gcc.arch,
-  # which x86_64-linux and aarch64-linux leave unset).
-  defaultSystemFeatures = [
-    "nixos-test"
-    "benchmark"
-    "big-parallel"
-    "kvm"
-  ];
-
   # nixos/modules/services/networking/ssh/sshd.nix: settingsFormat.type, i.e.
   # (pkgs.formats.keyValue { ... }).type from pkgs/pkgs-lib/formats.nix.
   # Undeclared keys (MaxStartups, ClientAliveInterval, ...) must be a single
@@ -465,8 +458,9 @@ in
     };
 
     # nixos/modules/config/nix.nix
-    # substituters, trusted-public-keys and trusted-users have no option
-    # default: upstream's config sets them (see ./nixpkgs-defaults.nix).
+    # substituters, trusted-public-keys, trusted-users and system-features
+    # have no option default: upstream's config sets them (see
+    # ./nixpkgs-defaults.nix).
     # Everything not declared here, e.g. secret-key-files,
     # extra-trusted-public-keys, builders-use-substitutes, experimental-features,
     # is freeform (semanticConfType).
@@ -503,10 +497,9 @@ in
             default = true;
           };
           substituters = mkOption { type = types.listOf types.str; };
-          system-features = mkOption {
-            type = types.listOf types.str;
-            default = defaultSystemFeatures;
-          };
+          # No option default upstream either: nix.nix's config sets it with
+          # mkDefault (see ./nixpkgs-defaults.nix).
+          system-features = mkOption { type = types.listOf types.str; };
           trusted-public-keys = mkOption { type = types.listOf types.str; };
           trusted-substituters = mkOption {
             type = types.listOf types.str;
@@ -619,6 +612,8 @@ in
         );
         default = [ ];
       };
+      # Default true: whenever sshd is enabled, upstream's config opens
+      # every one of `ports` (reproduced in ./nixpkgs-defaults.nix).
       openFirewall = mkOption {
         type = types.bool;
         default = true;
@@ -788,10 +783,9 @@ in
       type = types.str;
       default = "/home";
     };
-    # nixos/modules/programs/shadow.nix. No option default upstream;
-    # nixos/modules/programs/bash/bash.nix sets mkDefault pkgs.bashInteractive
-    # (reproduced in ./nixpkgs-defaults.nix).
-    # unconfirmed: the exact type; believed types.either types.path types.shellPackage.
+    # nixos/modules/programs/shadow.nix: type `either path shellPackage`, no
+    # option default; nixos/modules/programs/bash/bash.nix sets it with
+    # mkDefault pkgs.bashInteractive (reproduced in ./nixpkgs-defaults.nix).
     users.defaultUserShell = mkOption {
       type = types.either types.path types.shellPackage;
     };
