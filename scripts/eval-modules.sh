@@ -51,11 +51,18 @@ echo "passed: vm test: the rendered script compiles as Python and passes pyflake
 ssh-keygen -q -t ed25519 -N '' -f "$tmp/host_key"
 { echo "HostKey $tmp/host_key"; cat "$tmp/sshd"; } > "$tmp/sshd_config"
 sshd=$(command -v sshd || echo /usr/sbin/sshd)
+# Run as root, sshd -t and -T insist on the privilege separation directory,
+# which Debian's sshd.service makes at start (RuntimeDirectory=sshd): a CI
+# container or chroot where sshd never ran lacks it. Make it as that unit
+# would, empty and root's.
+if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then
+  install -d -m 0755 /run/sshd
+fi
 "$sshd" -t -f "$tmp/sshd_config"
 effective() { "$sshd" -T -f "$tmp/sshd_config" -C "user=$1,host=client,addr=127.0.0.1"; }
 # (grep -q would close the pipe early, which pipefail reports as a failure.)
 for_cache=$(effective nix-ssh) for_others=$(effective alice)
-for want in "forcecommand /nix/store/00000000000000000000000000000000-nix-2.28.4/bin/nix-store --serve" \
+for want in "forcecommand /nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-store --serve" \
   "permittty no" "allowtcpforwarding no" "allowagentforwarding no" "x11forwarding no" \
   "permittunnel no" "permituserrc no" "authenticationmethods publickey" "maxstartups 64:30:256"; do
   grep -qx "$want" <<<"$for_cache" || { echo "sshd -T for nix-ssh lacks '$want'" >&2; exit 1; }
