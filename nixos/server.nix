@@ -204,8 +204,20 @@ in
 
     openFirewall = lib.mkOption {
       type = lib.types.bool;
-      default = false;
-      description = "Open sshd's ports (`services.openssh.ports`) in the firewall.";
+      default = true;
+      example = false;
+      description = ''
+        Whether sshd's ports (`services.openssh.ports`), where clients reach
+        the cache, are open in the firewall. The cache shares sshd with every
+        other SSH login on this machine, so this sets the default of
+        `services.openssh.openFirewall`, which opens all of sshd's ports or
+        none: a definition of that option elsewhere wins.
+
+        The default, true, is NixOS's own for sshd: enabling the cache leaves
+        the firewall as sshd alone would. False keeps sshd's ports closed,
+        admin logins included, e.g. to open them on one interface only with
+        `networking.firewall.interfaces.<name>.allowedTCPPorts`.
+      '';
     };
 
     signInterval = lib.mkOption {
@@ -429,6 +441,8 @@ in
 
     services.openssh = {
       enable = true;
+      # sshd opens its ports whenever it is enabled unless this is false.
+      openFirewall = lib.mkDefault cfg.openFirewall;
       settings.MaxStartups = lib.mkDefault cfg.maxStartups;
       # As nixpkgs' nix.sshServe, and again in every authorized_keys line
       # (restrict, command=): the account can run the serve command and
@@ -449,6 +463,5 @@ in
       '';
     };
 
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall config.services.openssh.ports;
   };
 }

@@ -99,6 +99,40 @@ in
     in
     expect.eq "allowedTCPPorts" config.networking.firewall.allowedTCPPorts [ 2222 ];
 
+  # sshd.nix opens services.openssh.ports whenever sshd is enabled, unless
+  # services.openssh.openFirewall is false.
+  "server: openFirewall = false keeps sshd's port closed" =
+    let
+      closed = withClient { openFirewall = false; };
+    in
+    expect.accepted closed
+    ++ expect.eq "services.openssh.openFirewall" closed.services.openssh.openFirewall false
+    ++ expect.true "22 is not in allowedTCPPorts ${builtins.toJSON closed.networking.firewall.allowedTCPPorts}" (
+      !lib.elem 22 closed.networking.firewall.allowedTCPPorts
+    );
+
+  "server: an explicit services.openssh.openFirewall wins over openFirewall" =
+    let
+      withSshd =
+        settings: sshdOpen:
+        evalConfig [
+          {
+            services.nixcache.server = {
+              enable = true;
+              clients.a.key = clientKey;
+            }
+            // settings;
+            services.openssh.openFirewall = sshdOpen;
+          }
+        ];
+    in
+    expect.eq "server false, sshd true: open" (withSshd { openFirewall = false; } true)
+      .networking.firewall.allowedTCPPorts
+      [ 22 ]
+    ++ expect.eq "server true, sshd false: closed" (withSshd { openFirewall = true; } false)
+      .networking.firewall.allowedTCPPorts
+      [ ];
+
   "server: the registry file and inline clients merge, in name order" =
     let
       config = server {
