@@ -45,6 +45,22 @@ let
   # AddSignatures needs no trust from Nix 2.17 on (and in Lix, forked
   # later), so the signer runs as an unprivileged dynamic user.
   untrustedMaySign = nixIsLix || lib.versionAtLeast (config.nix.package.version or "0") "2.17";
+
+  # The Match block's MaxSessions replaces the global one for the account:
+  # keep a global value an admin set, and OpenSSH's 10 otherwise (also for
+  # a global 0, which would leave the account no session for its command).
+  globalMaxSessions =
+    let
+      v = config.services.openssh.settings.MaxSessions or null;
+      n =
+        if builtins.isInt v then
+          v
+        else if builtins.isString v && builtins.match "[0-9]+" v != null then
+          lib.toInt v
+        else
+          0;
+    in
+    if n > 0 then n else 10;
 in
 {
   options.services.nixcache.server = {
@@ -199,6 +215,22 @@ in
         sshd starts refusing some (start:rate:full). OpenSSH's 10:30:100 is
         tight when a fleet of builders asks the cache at once; every Nix
         command opens its own SSH connection.
+      '';
+    };
+
+    maxSessions = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = globalMaxSessions;
+      defaultText = lib.literalMD "`services.openssh.settings.MaxSessions` if set, else 10 (OpenSSH's default)";
+      example = 16;
+      description = ''
+        sshd's `MaxSessions` for the cache's account alone (in its `Match
+        User` block): how many sessions one client connection may carry.
+        Nix 2.32 and later run a client's `max-connections` as sessions of
+        one SSH connection, so a client asking for more than this fails
+        ("protocol mismatch"); Lix 2.93 and later open separate connections
+        instead. Clients' `services.nixcache.client.maxSessions` must not
+        be more than this.
       '';
     };
 
@@ -458,6 +490,7 @@ in
           PermitUserRC no
           X11Forwarding no
           AuthenticationMethods publickey
+          MaxSessions ${toString cfg.maxSessions}
           ForceCommand ${serveCommand}
         Match All
       '';

@@ -59,16 +59,24 @@ if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then
   install -d -m 0755 /run/sshd
 fi
 "$sshd" -t -f "$tmp/sshd_config"
-effective() { "$sshd" -T -f "$tmp/sshd_config" -C "user=$1,host=client,addr=127.0.0.1"; }
+effective() { "$sshd" -T -f "${2:-$tmp/sshd_config}" -C "user=$1,host=client,addr=127.0.0.1"; }
 # (grep -q would close the pipe early, which pipefail reports as a failure.)
 for_cache=$(effective nix-ssh) for_others=$(effective alice)
 for want in "forcecommand /nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-store --serve" \
   "permittty no" "allowtcpforwarding no" "allowagentforwarding no" "x11forwarding no" \
-  "permittunnel no" "permituserrc no" "authenticationmethods publickey" "maxstartups 64:30:256"; do
+  "permittunnel no" "permituserrc no" "authenticationmethods publickey" "maxsessions 10" "maxstartups 64:30:256"; do
   grep -qx "$want" <<<"$for_cache" || { echo "sshd -T for nix-ssh lacks '$want'" >&2; exit 1; }
 done
 if ! grep -qx "forcecommand none" <<<"$for_others"; then
   echo "sshd forces the serve command on other users too" >&2
+  exit 1
+fi
+# MaxSessions is OpenSSH's 10 inside and outside the block; the server's
+# maxSessions = 16, as written for it, must reach nix-ssh alone.
+sed 's/^  MaxSessions 10$/  MaxSessions 16/' "$tmp/sshd_config" > "$tmp/sshd_config_16"
+if ! grep -qx "maxsessions 16" <<<"$(effective nix-ssh "$tmp/sshd_config_16")" ||
+  ! grep -qx "maxsessions 10" <<<"$(effective alice "$tmp/sshd_config_16")"; then
+  echo "sshd does not apply the Match block's MaxSessions to nix-ssh alone" >&2
   exit 1
 fi
 echo "passed: sshd -t accepts the server's sshd settings; -T applies them to nix-ssh alone"

@@ -126,6 +126,44 @@ in
     ++ expect.refused oldLix [ "lix 2.92.0" ]
     ++ expect.eq "URL" (lib.head nix.nix.settings.substituters) "ssh://nix-ssh@cache.example.org?max-connections=4";
 
+  # nixos-26.05's Nix (nixVersions.stable = nix_2_34, the stand-in's 2.34.6)
+  # has the fix; the default stays 1 all the same.
+  "client: one connection by default; more on nixos-26.05's Nix 2.34" =
+    let
+      eight = client { maxConnections = 8; } { };
+    in
+    expect.eq "default" minimal.services.nixcache.client.maxConnections 1
+    ++ expect.eq "default URL" (lib.head minimal.nix.settings.substituters) "ssh://nix-ssh@cache.example.org"
+    ++ expect.eq "stand-in Nix" minimal.nix.package.version "2.34.6"
+    ++ expect.accepted eight
+    ++ expect.eq "URL" (lib.head eight.nix.settings.substituters) "ssh://nix-ssh@cache.example.org?max-connections=8";
+
+  # Nix runs max-connections sessions over one SSH master: past sshd's
+  # MaxSessions (10 by default) it fails with "protocol mismatch".
+  "client: max-connections past the cache's MaxSessions is refused on Nix" =
+    let
+      ten = client { maxConnections = 10; } { };
+      eleven = client { maxConnections = 11; } { };
+      raised = client {
+        maxConnections = 16;
+        maxSessions = 16;
+      } { };
+      lowered = client {
+        maxConnections = 4;
+        maxSessions = 2;
+      } { };
+      lix = client { maxConnections = 11; } { nix.package = nixPackage "lix" "2.93.0"; };
+    in
+    expect.accepted ten
+    ++ expect.refused eleven [
+      "maxConnections = 11 is more than the cache's sshd MaxSessions"
+      "maxSessions = 10"
+      "raise services.nixcache.server.maxSessions"
+    ]
+    ++ expect.accepted raised
+    ++ expect.refused lowered [ "maxSessions = 2" ]
+    ++ expect.accepted lix;
+
   "client: refuses localhost and IPv6 literals" =
     expect.refused (client { host = "localhost"; } { }) [ "host = \"localhost\"" ]
     ++ expect.refused (client { host = "fd00::1"; } { }) [ "cannot take an IPv6 literal" ]

@@ -99,6 +99,37 @@ in
     in
     expect.eq "allowedTCPPorts" config.networking.firewall.allowedTCPPorts [ 2222 ];
 
+  "server: sshd's MaxSessions for the cache's account, OpenSSH's 10 unless raised" =
+    let
+      block = config: config.services.openssh.extraConfig;
+      raised = withClient { maxSessions = 16; };
+      global = evalConfig [
+        {
+          services.nixcache.server = {
+            enable = true;
+            clients.a.key = clientKey;
+          };
+          services.openssh.settings.MaxSessions = 20;
+        }
+      ];
+      globalZero = evalConfig [
+        {
+          services.nixcache.server = {
+            enable = true;
+            clients.a.key = clientKey;
+          };
+          services.openssh.settings.MaxSessions = 0;
+        }
+      ];
+    in
+    expect.true "MaxSessions 10 in the Match block" (
+      lib.hasInfix "Match User nix-ssh\n" (block minimal) && lib.hasInfix "\n  MaxSessions 10\n" (block minimal)
+    )
+    ++ expect.true "maxSessions = 16" (lib.hasInfix "\n  MaxSessions 16\n" (block raised))
+    ++ expect.eq "a global MaxSessions is kept for the account" global.services.nixcache.server.maxSessions 20
+    ++ expect.true "MaxSessions 20 in the Match block" (lib.hasInfix "\n  MaxSessions 20\n" (block global))
+    ++ expect.eq "not a global 0" globalZero.services.nixcache.server.maxSessions 10;
+
   # sshd.nix opens services.openssh.ports whenever sshd is enabled, unless
   # services.openssh.openFirewall is false.
   "server: openFirewall = false keeps sshd's port closed" =
