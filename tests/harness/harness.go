@@ -46,10 +46,12 @@ type Env struct {
 	Home string
 
 	daemon *process
+	// ownroot starts the daemons (tests/harness/ownroot).
+	ownroot string
 }
 
 // Requirements are the programs the harness runs.
-var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount", "pivot_root"}
+var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount"}
 
 // Start checks the requirements and starts the daemon. Call Close when done.
 func Start() (*Env, error) {
@@ -103,10 +105,14 @@ func (e *Env) start() error {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		return err
 	}
+	e.ownroot = filepath.Join(e.Dir, "ownroot")
+	if out, err := exec.Command("go", "build", "-o", e.ownroot, "github.com/nixcache/nixcache/tests/harness/ownroot").CombinedOutput(); err != nil {
+		return fmt.Errorf("building ownroot: %v\n%s", err, out)
+	}
 	// Not e.Environ(): with NIX_REMOTE=daemon the daemon would serve its
 	// own socket instead of the store.
 	var err error
-	e.daemon, err = startDaemon(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
+	e.daemon, err = e.startDaemon(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
 	return err
 }
 
@@ -114,42 +120,23 @@ func (e *Env) start() error {
 // such as "local?root=/some/dir") on socket, with the Env's configuration.
 // The returned function stops it.
 func (e *Env) StartDaemon(store, socket string) (stop func(), err error) {
-	p, err := startDaemon(e.baseEnviron(), socket, socket+".log", "--option", "store", store)
+	p, err := e.startDaemon(e.baseEnviron(), socket, socket+".log", "--option", "store", store)
 	if err != nil {
 		return nil, err
 	}
 	return p.stop, nil
 }
 
-// ownRoot runs its arguments in a mount namespace whose root is this
-// process's root. Nix 2.8's daemon starts ssh for an ssh:// or ssh-ng://
-// substituter after setns(2) into its own mount namespace, which resets the
-// root to the namespace's: inside a chroot(2), as in chroot-based containers
-// and CI roots, ssh would run outside it, where the ssh config and keys it is
-// given do not exist ("Can't open user config file"). Newer Nix restores the
-// root (NixOS/nix#6348 and later). Pivoting a bind of / into place makes the
-// namespace's root and the process's root one, chroot or not; `unshare`
-// without --fork and the exec keep the PID the caller holds the daemon's.
-const ownRoot = `set -e
-d=$(mktemp -d /tmp/nixcache-root-XXXXXX)
-mount --rbind / "$d"
-cd "$d"
-pivot_root . .
-umount -l .
-cd /
-rmdir "$d"
-exec "$@"`
-
 // startDaemon starts nix-daemon listening on socket and waits until it
 // answers the handshake.
-func startDaemon(env []string, socket, logPath string, args ...string) (*process, error) {
+func (e *Env) startDaemon(env []string, socket, logPath string, args ...string) (*process, error) {
 	log, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer log.Close()
-	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
-		"/bin/sh", "-c", ownRoot, "sh", "nix-daemon"}, args...)...)
+	// Through ownroot: Nix 2.8's daemon would run ssh outside a chroot.
+	cmd := exec.Command(e.ownroot, append([]string{"nix-daemon"}, args...)...)
 	cmd.Env = append(slices.DeleteFunc(slices.Clone(env), func(s string) bool {
 		return strings.HasPrefix(s, "NIX_DAEMON_SOCKET_PATH=")
 	}), "NIX_DAEMON_SOCKET_PATH="+socket)

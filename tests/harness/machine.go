@@ -61,7 +61,7 @@ func (m *Machine) Start() error {
 		args = []string{"--option", "store", "local?root=" + m.Store}
 	}
 	var err error
-	m.daemon, err = startDaemon(m.daemonEnviron(), m.Socket, m.Socket+".log", args...)
+	m.daemon, err = m.env.startDaemon(m.daemonEnviron(), m.Socket, m.Socket+".log", args...)
 	return err
 }
 
