@@ -1,7 +1,7 @@
 package main
 
 import (
-	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,30 +9,44 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
-
-	"github.com/nixcache/nixcache/internal/daemon"
-	"github.com/nixcache/nixcache/tests/harness"
 )
 
-// env is the harness's private nix-daemon, shared by the scripts that run
-// the real Nix next to nixcache.
-var env *harness.Env
+// runTests runs the tests; harness_test.go (-tags harness) runs them with
+// the harness's private nix-daemon started first.
+var runTests = func(m *testing.M) int { return m.Run() }
 
 func TestMain(m *testing.M) {
-	testscript.Main(withHarness{m}, map[string]func(){
+	testscript.Main(runner{m}, map[string]func(){
 		"nixcache": func() { os.Exit(main1()) },
 	})
 }
 
-// withHarness starts the harness only in the test process, not in the
+// runner starts what runTests starts only in the test process, not in the
 // copies of it that testscript runs as the nixcache command.
-type withHarness struct{ m *testing.M }
+type runner struct{ m *testing.M }
 
-func (w withHarness) Run() int { return harness.RunTests(w.m, &env) }
+func (r runner) Run() int { return runTests(r.m) }
 
+// The scripts in testdata need no Nix daemon: they run as any user. Those in
+// testdata/harness run the real Nix next to nixcache (harness_test.go).
 func TestScripts(t *testing.T) {
-	testscript.Run(t, testscript.Params{
-		Dir: "testdata",
+	testscript.Run(t, scriptParams("testdata", nil))
+}
+
+// scriptParams runs the scripts in dir with a private HOME and no machine
+// configuration: NIX_CONF_DIR and the daemon's socket are under $WORK unless
+// setup points them elsewhere.
+func scriptParams(dir string, setup func(*testscript.Env), cmds ...map[string]func(*testscript.TestScript, bool, []string)) testscript.Params {
+	all := map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		"mode":          cmdMode,
+		"env-from-file": cmdEnvFromFile,
+		"to-crlf":       cmdToCRLF,
+	}
+	for _, c := range cmds {
+		maps.Copy(all, c)
+	}
+	return testscript.Params{
+		Dir: dir,
 		Setup: func(e *testscript.Env) error {
 			home := filepath.Join(e.WorkDir, "home")
 			e.Setenv("HOME", home)
@@ -44,21 +58,18 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			e.Setenv("NIXCACHE_CONFIG", empty)
-			e.Setenv("NIX_CONF_DIR", env.ConfDir)
+			// Nor its nix.conf or daemon.
+			e.Setenv("NIX_CONF_DIR", filepath.Join(e.WorkDir, ".no-nix-conf"))
 			e.Setenv("NIX_REMOTE", "daemon")
-			e.Setenv("NIX_DAEMON_SOCKET_PATH", env.Socket)
+			e.Setenv("NIX_DAEMON_SOCKET_PATH", filepath.Join(e.WorkDir, ".no-daemon-socket"))
+			if setup != nil {
+				setup(e)
+			}
 			return nil
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"mode":          cmdMode,
-			"build-closure": cmdBuildClosure,
-			"copy-sigs":     cmdCopySigs,
-			"env-from-file": cmdEnvFromFile,
-			"store-daemon":  cmdStoreDaemon,
-			"to-crlf":       cmdToCRLF,
-		},
+		Cmds:                all,
 		RequireExplicitExec: true,
-	})
+	}
 }
 
 // mode FILE PERM asserts a file's permission bits.
@@ -73,36 +84,6 @@ func cmdMode(ts *testscript.TestScript, neg bool, args []string) {
 	if got := st.Mode().Perm(); (got == os.FileMode(want)) == neg {
 		ts.Fatalf("%s has mode %04o, want %s%04o", args[0], got, map[bool]string{true: "not ", false: ""}[neg], want)
 	}
-}
-
-// build-closure VAR N builds a fresh closure of N paths in the server's
-// store and sets $VAR to its top path.
-func cmdBuildClosure(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 2 {
-		ts.Fatalf("usage: build-closure VAR N")
-	}
-	n, err := strconv.Atoi(args[1])
-	ts.Check(err)
-	cl, err := env.Build(n)
-	ts.Check(err)
-	ts.Setenv(args[0], cl.Top)
-}
-
-// copy-sigs FROM TO attaches FROM's signatures to TO, as an attacker or a
-// confused tool might: signatures made over another path's fingerprint.
-func cmdCopySigs(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 2 {
-		ts.Fatalf("usage: copy-sigs FROM TO")
-	}
-	c, err := daemon.Dial(context.Background(), env.Socket)
-	ts.Check(err)
-	defer c.Close()
-	info, err := c.QueryPathInfo(args[0])
-	ts.Check(err)
-	if len(info.Sigs) == 0 {
-		ts.Fatalf("%s has no signatures to copy", args[0])
-	}
-	ts.Check(c.AddSignatures(args[1], info.Sigs))
 }
 
 // env-from-file VAR FILE sets $VAR to FILE's content, trimmed: a public key
@@ -121,22 +102,4 @@ func cmdToCRLF(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	text := strings.ReplaceAll(ts.ReadFile(args[0]), "\n", "\r\n")
 	ts.Check(os.WriteFile(ts.MkAbs(args[1]), []byte(text), 0o600))
-}
-
-// store-daemon starts a nix-daemon for a fresh chroot store under $WORK and
-// points NIX_DAEMON_SOCKET_PATH at it, so that --all covers exactly what
-// the script puts there; $STORE is the store's URI for Nix's own commands.
-// The daemon stops when the script ends.
-func cmdStoreDaemon(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 0 {
-		ts.Fatalf("usage: store-daemon")
-	}
-	work := ts.Getenv("WORK")
-	store := "local?root=" + filepath.Join(work, "store-root")
-	socket := filepath.Join(work, "store.sock")
-	stop, err := env.StartDaemon(store, socket)
-	ts.Check(err)
-	ts.Defer(stop)
-	ts.Setenv("STORE", store)
-	ts.Setenv("NIX_DAEMON_SOCKET_PATH", socket)
 }

@@ -1,3 +1,5 @@
+//go:build harness
+
 // Package e2e tells the seed's story against the real thing: a key made by
 // nixcache, a closure built into the server's store and signed with
 // `nixcache sign`, served by sshd to the nix-ssh account, and substituted

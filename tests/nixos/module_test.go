@@ -73,7 +73,8 @@ in { inherit (m) problems; lines = r.authorizedKeys { inherit (m) clients; inher
 	if err := os.WriteFile(exprFile, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := run(t, "nix-instantiate", "--eval", "--strict", "--json", exprFile,
+	// dummy://: evaluation needs no store, so no daemon and no root.
+	out := run(t, "nix-instantiate", "--option", "store", "dummy://", "--eval", "--strict", "--json", exprFile,
 		"--argstr", "registryNix", registryNix, "--argstr", "file", abs, "--argstr", "command", command)
 	var v struct{ Problems, Lines []string }
 	if err := json.Unmarshal([]byte(out), &v); err != nil {

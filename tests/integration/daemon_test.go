@@ -1,10 +1,11 @@
-package daemon_test
+//go:build harness
+
+package integration_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,11 +18,7 @@ import (
 )
 
 // These tests talk to a real nix-daemon (the harness's private one) and
-// compare what the client decodes with what Nix's own tools print.
-
-var env *harness.Env
-
-func TestMain(m *testing.M) { os.Exit(harness.RunTests(m, &env)) }
+// compare what the daemon client decodes with what Nix's own tools print.
 
 func dial(t *testing.T) *daemon.Conn {
 	t.Helper()
