@@ -97,9 +97,11 @@ func (c *Client) Environ() []string {
 	return nixEnviron(c.Dir, c.ConfDir, "NIX_SSHOPTS=-F "+c.SSHConfig())
 }
 
-// Nix runs a Nix command against the client's store.
+// Nix runs a Nix command against the client's store. As root, a Nix command
+// runs ssh for the store's substituter itself, so it starts through ownroot
+// as the daemons do.
 func (c *Client) Nix(name string, args ...string) Result {
-	return Run(c.Environ(), name, append([]string{"--store", c.Store}, args...)...)
+	return Run(c.Environ(), c.env.ownroot, append([]string{name, "--store", c.Store}, args...)...)
 }
 
 // Substitute realises paths in the client's store, which can only succeed

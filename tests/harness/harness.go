@@ -46,7 +46,8 @@ type Env struct {
 	Home string
 
 	daemon *process
-	// ownroot starts the daemons (tests/harness/ownroot).
+	// ownroot starts the daemons and the client stores' Nix commands
+	// (tests/harness/ownroot).
 	ownroot string
 }
 
