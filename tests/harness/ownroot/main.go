@@ -49,10 +49,6 @@ func run(name string, argv []string) error {
 	if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
 		return fmt.Errorf("unshare: %w", err)
 	}
-	// Nothing done here may reach the caller's namespace.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("making / private: %w", err)
-	}
 	// A copy of the tree under this root, detached, for the new root.
 	tree, err := unix.OpenTree(unix.AT_FDCWD, "/", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
@@ -67,6 +63,9 @@ func run(name string, argv []string) error {
 		return fmt.Errorf("setns: %w", err)
 	}
 	unix.Close(ns)
+	// Nothing done here may reach the caller's namespace. (Only a mount's
+	// root can change propagation: a chroot's / need not be one, the
+	// namespace's is.)
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making the namespace's root private: %w", err)
 	}
