@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/wire"
@@ -26,11 +27,25 @@ func SocketPath() string {
 	return DefaultSocketPath
 }
 
-// Limits on what the daemon may send, so that a confused peer cannot make
-// the client allocate without bound.
+// Limits on what the other end may send. It is not always the local daemon:
+// doctor asks an ssh-ng:// cache for its paths as root, so a malicious cache
+// must not be able to make the client allocate without bound. Besides these
+// caps, no length or count read from the wire allocates ahead of the bytes
+// that actually arrive.
 const (
-	maxStringLen = 1 << 20  // log lines, error messages, signatures, paths
-	maxListLen   = 50 << 20 // QueryAllValidPaths on the largest stores
+	// maxStringLen bounds one string. Store paths are under 256 bytes and
+	// signatures about 100; log lines and error messages are the longest
+	// strings the daemon sends, and a MiB is more than a screenful.
+	maxStringLen = 1 << 20
+	// maxReplyLen bounds the bytes read for one operation, log messages
+	// included. The largest reply is QueryAllValidPaths, about 64 bytes a
+	// path on the wire: 1 GiB lists 16 M paths, ten times a large build
+	// farm's store, and stops a peer that streams forever.
+	maxReplyLen = 1 << 30
+	// stringChunk is the most a string's announced length allocates before
+	// its bytes arrive; longer strings grow as they are read. Nearly every
+	// string fits, so the common case is still one exact allocation.
+	stringChunk = 4 << 10
 )
 
 // Conn is one connection to the daemon. Nix serves each connection in its own
@@ -38,7 +53,8 @@ const (
 type Conn struct {
 	nc      io.ReadWriteCloser
 	unwatch func() bool // stops closing nc when the Dial context ends
-	r       *bufio.Reader
+	in      *replyBudget
+	r       *bufio.Reader // reads through in
 	w       *bufio.Writer
 	version Version
 
@@ -105,11 +121,7 @@ func Dial(ctx context.Context, socketPath string) (*Conn, error) {
 // `nix-daemon --stdio` at the other end of an SSH session (an ssh-ng://
 // store). The Conn owns rwc and closes it.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser) (*Conn, error) {
-	c := &Conn{
-		nc: rwc,
-		r:  bufio.NewReaderSize(rwc, 64<<10),
-		w:  bufio.NewWriterSize(rwc, 64<<10),
-	}
+	c := newConn(rwc)
 	stop := context.AfterFunc(ctx, func() { rwc.Close() })
 	err := c.handshake()
 	if !stop() {
@@ -122,6 +134,41 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser) (*Conn, error) {
 	c.unwatch = context.AfterFunc(ctx, func() { rwc.Close() })
 	return c, nil
 }
+
+func newConn(rwc io.ReadWriteCloser) *Conn {
+	in := &replyBudget{r: rwc, max: maxReplyLen, left: maxReplyLen}
+	return &Conn{
+		nc: rwc,
+		in: in,
+		r:  bufio.NewReaderSize(in, 64<<10),
+		w:  bufio.NewWriterSize(rwc, 64<<10),
+	}
+}
+
+// replyBudget fails a read once max bytes have been read since the last
+// reset, which starts each reply. What the buffered reader fetched ahead
+// of a reply counts towards the one before, so a reply may read up to the
+// buffer's size more than max.
+type replyBudget struct {
+	r         io.Reader
+	max, left int64
+}
+
+var errReplyTooLong = &ProtocolError{fmt.Sprintf("a reply is longer than %d MiB", maxReplyLen>>20)}
+
+func (b *replyBudget) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errReplyTooLong
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *replyBudget) reset() { b.left = b.max }
 
 // Close ends the connection; the daemon process serving it exits.
 func (c *Conn) Close() error {
@@ -215,7 +262,7 @@ func (c *Conn) processStderr() error {
 			}
 			c.log(strings.TrimSuffix(s, "\n"))
 		case stderrWrite:
-			if _, err := c.readString(); err != nil {
+			if err := c.skipString(); err != nil {
 				return c.readErr(err)
 			}
 		case stderrRead:
@@ -271,13 +318,13 @@ func (c *Conn) readError() error {
 	}
 	// Structured error: type ("Error"), level, name (unused), message,
 	// position (always absent), then traces, each a position and a hint.
-	if _, err := c.readString(); err != nil {
+	if err := c.skipString(); err != nil {
 		return c.readErr(err)
 	}
 	if err := c.skipUints(1); err != nil {
 		return err
 	}
-	if _, err := c.readString(); err != nil {
+	if err := c.skipString(); err != nil {
 		return c.readErr(err)
 	}
 	msg, err := c.readString()
@@ -295,7 +342,7 @@ func (c *Conn) readError() error {
 		if err := c.expectNoPos(); err != nil {
 			return err
 		}
-		if _, err := c.readString(); err != nil {
+		if err := c.skipString(); err != nil {
 			return c.readErr(err)
 		}
 	}
@@ -336,8 +383,7 @@ func (c *Conn) skipFields() error {
 		case 0:
 			err = c.skipUints(1)
 		case 1:
-			_, err = c.readString()
-			err = c.readErr(err)
+			err = c.readErr(c.skipString())
 		default:
 			return &ProtocolError{fmt.Sprintf("unknown log field type %d", typ)}
 		}
@@ -358,23 +404,66 @@ func (c *Conn) log(s string) {
 // wire.ReadString does the same but allocates a 1 KiB scratch buffer per
 // string to skip the padding, which was a quarter of `sign --all`'s CPU time.
 func (c *Conn) readString() (string, error) {
-	n, err := wire.ReadUint64(c.r)
+	n, err := c.readStringLen()
 	if err != nil {
 		return "", err
 	}
-	if n > maxStringLen {
-		return "", &ProtocolError{fmt.Sprintf("string of %d bytes is too long", n)}
-	}
-	buf := make([]byte, (n+7)&^7)
-	if _, err := io.ReadFull(c.r, buf); err != nil {
-		return "", err
-	}
-	for _, b := range buf[n:] {
-		if b != 0 {
-			return "", &ProtocolError{"string padding is not zero"}
+	padded := (n + 7) &^ 7
+	buf := make([]byte, 0, min(padded, stringChunk))
+	for len(buf) < padded {
+		if len(buf) == cap(buf) {
+			// Doubling keeps what a long string allocates within twice
+			// what has arrived.
+			buf = slices.Grow(buf, min(len(buf), padded-len(buf)))
+		}
+		m, err := io.ReadFull(c.r, buf[len(buf):min(cap(buf), padded)])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			return "", err
 		}
 	}
+	if err := checkPadding(buf[n:]); err != nil {
+		return "", err
+	}
 	return string(buf[:n]), nil
+}
+
+// skipString reads past a string the client has no use for, without
+// keeping it.
+func (c *Conn) skipString() error {
+	n, err := c.readStringLen()
+	if err != nil {
+		return err
+	}
+	if _, err := c.r.Discard(n); err != nil {
+		return err
+	}
+	var pad [8]byte
+	p := pad[:(8-n%8)%8]
+	if _, err := io.ReadFull(c.r, p); err != nil {
+		return err
+	}
+	return checkPadding(p)
+}
+
+func (c *Conn) readStringLen() (int, error) {
+	n, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return 0, err
+	}
+	if n > maxStringLen {
+		return 0, &ProtocolError{fmt.Sprintf("string of %d bytes is too long", n)}
+	}
+	return int(n), nil
+}
+
+func checkPadding(pad []byte) error {
+	for _, b := range pad {
+		if b != 0 {
+			return &ProtocolError{"string padding is not zero"}
+		}
+	}
+	return nil
 }
 
 // readErr turns a short read into an error that says what happened.

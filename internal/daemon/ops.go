@@ -177,14 +177,19 @@ func (c *Conn) readStrings() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n > maxListLen {
-		return nil, &ProtocolError{fmt.Sprintf("list of %d strings is too long", n)}
+	// Each string takes at least 8 bytes, so a count the rest of the reply
+	// cannot hold is a lie told up front.
+	if n > uint64(c.in.left+int64(c.r.Buffered()))/8 {
+		return nil, &ProtocolError{fmt.Sprintf("list of %d strings is longer than a reply may be", n)}
 	}
-	ss := make([]string, n)
-	for i := range ss {
-		if ss[i], err = c.readString(); err != nil {
+	// The count is the peer's word: the list grows as strings arrive.
+	ss := make([]string, 0, min(n, 512))
+	for range n {
+		s, err := c.readString()
+		if err != nil {
 			return nil, err
 		}
+		ss = append(ss, s)
 	}
 	return ss, nil
 }
@@ -204,6 +209,7 @@ func (c *Conn) do(write func(*errWriter), read func() error) error {
 }
 
 func (c *Conn) readReply(read func() error) error {
+	c.in.reset()
 	if err := c.processStderr(); err != nil {
 		return err
 	}

@@ -146,7 +146,7 @@ func fakeDaemon(t *testing.T, v Version, serve func(p *peer, clientVersion Versi
 
 // handshakeOver runs Dial's handshake over an existing connection.
 func handshakeOver(nc net.Conn) (*Conn, error) {
-	c := &Conn{nc: nc, r: bufio.NewReader(nc), w: bufio.NewWriter(nc)}
+	c := newConn(nc)
 	return c, c.handshake()
 }
 
