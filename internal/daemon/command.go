@@ -143,17 +143,30 @@ func ServeHandshake(ctx context.Context, argv, env []string) (Version, error) {
 	if err := w.Flush(); err != nil {
 		return fail(err)
 	}
-	r := bufio.NewReader(s)
-	magic, err := wire.ReadUint64(r)
-	if err != nil {
-		return fail(fmt.Errorf("reading the greeting: %w", err))
-	}
-	if magic != serveMagic2 {
-		return fail(&ProtocolError{"the other end did not answer as nix-store --serve (wrong magic number)"})
-	}
-	v, err := wire.ReadUint64(r)
+	v, err := readServeGreeting(s)
 	if err != nil {
 		return fail(err)
 	}
-	return Version(v), nil
+	return v, nil
+}
+
+// readServeGreeting reads `nix-store --serve`'s answer to the client's
+// greeting: its magic number and its protocol version, whose major part Nix
+// requires to be 2 as well.
+func readServeGreeting(r io.Reader) (Version, error) {
+	magic, err := wire.ReadUint64(r)
+	if err != nil {
+		return 0, fmt.Errorf("reading the greeting: %w", err)
+	}
+	if magic != serveMagic2 {
+		return 0, &ProtocolError{"the other end did not answer as nix-store --serve (wrong magic number)"}
+	}
+	n, err := wire.ReadUint64(r)
+	if err != nil {
+		return 0, fmt.Errorf("reading the protocol version: %w", err)
+	}
+	if n>>8 != serveClientVersion>>8 {
+		return 0, &ProtocolError{fmt.Sprintf("nix-store --serve announced protocol version %#x; Nix's ssh:// stores need 2.x", n)}
+	}
+	return Version(n), nil
 }
