@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
@@ -51,17 +52,51 @@ func (k SecretKey) Sign(fingerprint string) Signature {
 // write it to a key file and nowhere else.
 func (k SecretKey) Text() string { return k.key.String() }
 
-// ValidateName checks a key name the way a careful admin would want it:
-// Nix splits keys and signatures at the first ':', nix.conf splits lists at
-// white space and starts comments at '#', so none of these may appear.
+// ValidateName checks a key name. Nix takes any name without ':', but the
+// name also travels where Nix's rules are not the only ones: nix.conf splits
+// lists at ASCII white space and starts comments at '#', and other readers
+// (the managed ssh configuration's among them) split at Unicode white space.
+// A name is therefore printable ASCII without spaces, ':' or '#', which every
+// name Nix's documentation and installers use (cache.nixos.org-1) already is.
 func ValidateName(name string) error {
-	if name == "" {
-		return errors.New("key name is empty")
-	}
-	if i := strings.IndexAny(name, ":# \t\r\n\v\f"); i >= 0 {
-		return fmt.Errorf("key name %q contains %q, which Nix cannot use in a key name", name, name[i])
+	if problem := nameProblem(name); problem != "" {
+		return fmt.Errorf("key name %q %s", name, problem)
 	}
 	return nil
+}
+
+// nameProblem says what is wrong with a name without quoting it, or "".
+func nameProblem(name string) string {
+	if name == "" {
+		return "is empty"
+	}
+	for i := 0; i < len(name); i++ {
+		if b := name[i]; b > ' ' && b < 0x7f && b != ':' && b != '#' {
+			continue
+		}
+		return fmt.Sprintf("contains %s at byte %d; key names are printable ASCII without spaces, ':' or '#'",
+			describeAt(name, i), i+1)
+	}
+	return ""
+}
+
+// describeAt names the character at name[i] without printing it: it may be
+// invisible or look like another.
+func describeAt(name string, i int) string {
+	b := name[i]
+	switch {
+	case b == ' ':
+		return "a space"
+	case b == ':' || b == '#':
+		return fmt.Sprintf("'%c'", b)
+	case b < utf8.RuneSelf:
+		return fmt.Sprintf("the control character %U", rune(b))
+	}
+	r, _ := utf8.DecodeRuneInString(name[i:])
+	if r == utf8.RuneError {
+		return fmt.Sprintf("the byte 0x%02x, which is not UTF-8", b)
+	}
+	return fmt.Sprintf("the non-ASCII character %U", r)
 }
 
 // Generate makes a new key pair named name.
@@ -129,17 +164,21 @@ func ParsePublicKey(text string) (PublicKey, error) {
 	return PublicKey{Name: name, Data: ed25519.PublicKey(raw)}, nil
 }
 
+const asciiSpace = " \t\n\v\f"
+
 // decode splits "name:base64" and decodes the base64 part. kind is "secret"
 // or "public", for messages.
 func decode(text, kind string) (name string, raw []byte, err error) {
 	if strings.ContainsRune(text, '\r') {
 		return "", nil, fmt.Errorf("%s key contains a carriage return (CRLF line ending); Nix rejects such keys: convert the file with dos2unix", kind)
 	}
-	text = strings.TrimSpace(text)
+	// Only ASCII white space: a key that is valid only after Unicode
+	// trimming would be written back with what was trimmed.
+	text = strings.Trim(text, asciiSpace)
 	if text == "" {
 		return "", nil, fmt.Errorf("%s key is empty", kind)
 	}
-	if strings.ContainsAny(text, " \t\n") {
+	if strings.ContainsAny(text, asciiSpace) {
 		return "", nil, fmt.Errorf("%s key contains white space inside it; expected a single \"name:base64\" word", kind)
 	}
 	name, data, ok := strings.Cut(text, ":")
@@ -148,6 +187,9 @@ func decode(text, kind string) (name string, raw []byte, err error) {
 	}
 	if name == "" {
 		return "", nil, fmt.Errorf("%s key has an empty name before ':'", kind)
+	}
+	if problem := nameProblem(name); problem != "" {
+		return "", nil, fmt.Errorf("%s key's name %s", kind, problem)
 	}
 	if data == "" {
 		return "", nil, fmt.Errorf("%s key has no data after its name", kind)
