@@ -11,8 +11,11 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/rogpeppe/go-internal/diff"
+
+	"github.com/nixcache/nixcache/internal/nixkey"
 )
 
 // EditOptions describes the Nix that reads the file and how to mark an edit.
@@ -85,8 +88,8 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 		setting, _ := Canonical(name)
 		effective := c.Effective(setting)
 		for _, v := range values {
-			if v == "" || strings.ContainsAny(v, " \t\r\n#") {
-				return nil, fmt.Errorf("a value for %s is empty or contains a space or \"#\", which nix.conf cannot hold", setting)
+			if err := checkValue(setting, v); err != nil {
+				return nil, err
 			}
 			if !slices.Contains(effective, v) && !slices.Contains(missing[setting], v) {
 				missing[setting] = append(missing[setting], v)
@@ -188,6 +191,25 @@ func (c *Config) Add(add map[string][]string, opt EditOptions) ([]Change, error)
 		}
 	}
 	return []Change{{Path: target, Old: old, New: buf, Exists: exists, Mode: mode}}, nil
+}
+
+// checkValue refuses a value that would not read back as the one value it
+// is: Nix splits at ASCII white space and cuts at '#', and other readers of
+// what join writes (the managed ssh configuration's) split at Unicode white
+// space. A trusted key must be one Nix can load: Nix fails every
+// substitution on a malformed one. The error quotes nothing of the value.
+func checkValue(setting, v string) error {
+	if v == "" || strings.ContainsFunc(v, func(r rune) bool {
+		return r == '#' || unicode.IsSpace(r) || unicode.IsControl(r)
+	}) {
+		return fmt.Errorf("a value for %s is empty or contains white space, a control character or \"#\", which nix.conf cannot hold", setting)
+	}
+	if setting == "trusted-public-keys" {
+		if _, err := nixkey.ParsePublicKey(v); err != nil {
+			return fmt.Errorf("a value for trusted-public-keys is not a Nix public key: %w", err)
+		}
+	}
+	return nil
 }
 
 // appendLines adds lines at the end of a file in its own line ending,

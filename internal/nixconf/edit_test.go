@@ -12,7 +12,7 @@ import (
 
 const (
 	cacheURL = "ssh-ng://nix-ssh@cache.example"
-	cacheKey = "cache.example-1:Y2FjaGUuZXhhbXBsZS0xIHRlc3Qta2V5LW9ubHkgISEhIQ=="
+	cacheKey = "cache.example-1:Y2FjaGUuZXhhbXBsZS0xIHRlc3Qta2V5LW9ubHkhISE="
 )
 
 // join is what `nixcache client join` asks for.

@@ -98,7 +98,9 @@ type assignment struct {
 }
 
 // SyntaxError locates a line of a configuration file that Nix would refuse.
-// Its message names at most the setting, never a value: nix.conf can hold
+// Its message says what is wrong in general terms and quotes nothing of the
+// line: a file that does not parse may not be a nix.conf at all (an included
+// secrets file, a token pasted on a line of its own), and nix.conf can hold
 // access tokens.
 type SyntaxError struct {
 	File string
@@ -209,7 +211,7 @@ func (l *loader) apply(path string, data []byte) error {
 			return &SyntaxError{File: path, Line: ln.number, Msg: fmt.Sprintf(format, args...)}
 		}
 		if len(toks) < 2 && !strings.Contains(toks[0].text, "=") {
-			return synErr("setting %q has no value: expected NAME = VALUE", toks[0].text)
+			return synErr("a line without \"=\": expected NAME = VALUE")
 		}
 		if len(toks) >= 2 && (toks[0].text == "include" || toks[0].text == "!include") {
 			if len(toks) != 2 {
@@ -246,7 +248,7 @@ func (l *loader) apply(path string, data []byte) error {
 			continue
 		}
 		if len(toks) < 2 || toks[1].text != "=" {
-			return synErr("setting %q: expected NAME = VALUE with \"=\" standing alone", settingName(toks[0].text))
+			return synErr("expected NAME = VALUE, with \"=\" standing alone between spaces")
 		}
 		name, extra := Canonical(toks[0].text)
 		a := assignment{file: path, line: ln.number, name: name, extra: extra, valueEnd: toks[1].end}
@@ -257,13 +259,6 @@ func (l *loader) apply(path string, data []byte) error {
 		l.c.assignments = append(l.c.assignments, a)
 	}
 	return nil
-}
-
-// settingName is what an error may quote of a malformed line's first token:
-// the part before any "=", so that `name=secret` does not leak the secret.
-func settingName(tok string) string {
-	name, _, _ := strings.Cut(tok, "=")
-	return name
 }
 
 // including reports whether path is being applied already, by name or, through

@@ -156,12 +156,12 @@ func TestCommentsCRLFAndEmptyValues(t *testing.T) {
 
 func TestMalformedLinesAreSyntaxErrorsThatQuoteNoValues(t *testing.T) {
 	for content, want := range map[string]string{
-		"substituters = https://a/\nsandbox\n":             `line 2: setting "sandbox" has no value`,
-		"\n\nextra-substituters=https://secret.example/\n": `line 3: setting "extra-substituters": expected NAME = VALUE`,
-		"access-tokens github.com=secret-token\n":          `line 1: setting "access-tokens": expected NAME = VALUE`,
+		"substituters = https://a/\nsandbox\n":             `line 2: a line without "="`,
+		"\n\nextra-substituters=https://secret.example/\n": `line 3: expected NAME = VALUE, with "=" standing alone`,
+		"access-tokens github.com=secret-token\n":          `line 1: expected NAME = VALUE, with "=" standing alone`,
 		"include a.conf b.conf\n":                          `line 1: include takes exactly one file name`,
 		"include = a.conf\n":                               `line 1: include takes exactly one file name`,
-		"substituters = https://a/ # fine\n!include\n":     `line 2: setting "!include" has no value`,
+		"substituters = https://a/ # fine\n!include\n":     `line 2: a line without "="`,
 	} {
 		dir := t.TempDir()
 		writeFiles(t, dir, map[string]string{"nix.conf": content})
