@@ -121,8 +121,14 @@ func (d *doctor) checkDaemon() {
 			hints = append(hints, "run doctor as root: it reads the daemon's process")
 		}
 		d.add("", "daemon", Failed, fmt.Sprintf("no nix-daemon process listens on %q", socket), hints...)
-	default:
+	case errors.Is(err, service.ErrUnsupported):
 		d.add("", "daemon", Skipped, err.Error())
+	case errors.Is(err, service.ErrUntrusted):
+		d.add("", "daemon", Failed, "cannot identify the daemon: "+err.Error(),
+			"something other than root's nix-daemon may be posing as it: see what listens with 'ss -xlp' and stop it",
+			d.restartHint())
+	default:
+		d.add("", "daemon", Failed, "cannot identify the daemon: "+err.Error(), d.restartHint())
 	}
 	if d.conf, err = nixconf.Load(confDir); err != nil {
 		d.add("", "nix.conf", Failed, err.Error(), "fix the file, then run 'nixcache client join' again")
@@ -238,6 +244,8 @@ func unreachableHint(c sshconf.Cache) string {
 // options (NIX_SSHOPTS in the daemon's environment) and remote command.
 func (d *doctor) sshArgv(c sshconf.Cache) []string {
 	argv := []string{"ssh"}
+	// Doctor runs this ssh as root: its options come only from a daemon
+	// FindDaemon found running as root, never from whatever else listens.
 	if d.daemon != nil {
 		argv = append(argv, strings.Fields(d.daemon.Env["NIX_SSHOPTS"])...)
 	}
