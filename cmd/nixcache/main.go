@@ -124,7 +124,7 @@ Defaults come from a TOML file: --config, else $NIXCACHE_CONFIG, else
 		Flags: []cli.Flag{configFlag()},
 		Commands: []*cli.Command{
 			keygenCommand(ui), keyCommand(ui), signCommand(ui), verifyCommand(ui),
-			clientsCommand(ui), clientCommand(ui),
+			clientsCommand(ui), clientCommand(ui), serveCommand(ui),
 		},
 		Writer:          ui.stdout,
 		ErrWriter:       ui.stderr,

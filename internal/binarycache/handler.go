@@ -1,0 +1,180 @@
+package binarycache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/nixcache/nixcache/internal/daemon"
+)
+
+// Handler answers Nix's binary-cache requests from a Nix daemon. It holds one
+// daemon connection, used one request at a time: an SSH channel carries one
+// HTTP/1.1 conversation, whose requests come one after the other.
+type Handler struct {
+	// Dial connects to the daemon; it is called again after a connection
+	// breaks (a NAR interrupted half-way leaves it unusable).
+	Dial func(context.Context) (*daemon.Conn, error)
+	// Logf reports what the client is not told (the daemon's errors).
+	Logf func(format string, args ...any)
+
+	mu   sync.Mutex
+	conn *daemon.Conn
+}
+
+// Close closes the daemon connection.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conn == nil {
+		return nil
+	}
+	err := h.conn.Close()
+	h.conn = nil
+	return err
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		reply(w, r, "text/x-nix-cache-info", CacheInfo)
+	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
+		h.narinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
+	case strings.HasPrefix(p, "/nar/") && strings.Count(p, "/") == 2:
+		h.nar(w, r, p[len("/nar/"):])
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func reply(w http.ResponseWriter, r *http.Request, contentType, body string) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodGet {
+		io.WriteString(w, body)
+	}
+}
+
+// lookup finds the valid path with hash part hash, or nil.
+func (h *Handler) lookup(ctx context.Context, hash string) (*daemon.PathInfo, error) {
+	if h.conn == nil {
+		// The connection outlives this request: the daemon client closes it
+		// when its context ends.
+		c, err := h.Dial(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		h.conn = c
+	}
+	path, err := h.conn.QueryPathFromHashPart(hash)
+	if err == nil && path == "" {
+		return nil, nil
+	}
+	var info *daemon.PathInfo
+	if err == nil {
+		info, err = h.conn.QueryPathInfo(path)
+	}
+	if errors.Is(err, daemon.ErrNotValid) {
+		// Collected between the two questions.
+		return nil, nil
+	}
+	if err != nil {
+		h.dropConn()
+		return nil, err
+	}
+	return info, nil
+}
+
+func (h *Handler) dropConn() {
+	if h.conn != nil {
+		h.conn.Close()
+		h.conn = nil
+	}
+}
+
+func (h *Handler) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
+	if !validHash(hash) {
+		http.NotFound(w, r)
+		return
+	}
+	info, err := h.lookup(r.Context(), hash)
+	if err != nil {
+		h.serverError(w, err)
+		return
+	}
+	if info == nil {
+		http.NotFound(w, r)
+		return
+	}
+	reply(w, r, "text/x-nix-narinfo", NarInfo(info))
+}
+
+func (h *Handler) nar(w http.ResponseWriter, r *http.Request, name string) {
+	hash, narHash, err := parseNarName(name)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	info, err := h.lookup(r.Context(), hash)
+	if err != nil {
+		h.serverError(w, err)
+		return
+	}
+	// A NAR name from an older narinfo: the path is gone, or (after a
+	// delete and rebuild) is another NAR now.
+	if info == nil || !bytes.Equal(info.NarHash, narHash) {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-nix-nar")
+	w.Header().Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+	if r.Method == http.MethodHead {
+		return
+	}
+	// The NAR goes out as the daemon dumps it, checked against its hash on
+	// the way: a store that does not match its database must not reach a
+	// client as a complete response.
+	sum := sha256.New()
+	err = h.conn.NarFromPath(info.Path, info.NarSize, io.MultiWriter(w, sum))
+	if err == nil {
+		err = checkSum(sum, info)
+	}
+	if err != nil {
+		// The connection is mid-NAR, and the response is mid-body: neither
+		// can go on. Aborting makes the client see a truncated response.
+		h.dropConn()
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func checkSum(sum hash.Hash, info *daemon.PathInfo) error {
+	if !bytes.Equal(sum.Sum(nil), info.NarHash) {
+		return fmt.Errorf("%s: the NAR the daemon sent does not match its hash", info.Path)
+	}
+	return nil
+}
+
+func (h *Handler) serverError(w http.ResponseWriter, err error) {
+	// The client learns that the cache failed, not how: the daemon's
+	// messages stay on the server.
+	if h.Logf != nil {
+		h.Logf("%v", err)
+	}
+	http.Error(w, "the cache's Nix daemon failed", http.StatusInternalServerError)
+}

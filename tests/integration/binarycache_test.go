@@ -1,0 +1,125 @@
+//go:build harness
+
+package integration_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nixcache/nixcache/internal/binarycache"
+	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/tests/harness"
+)
+
+func cacheHandler(t *testing.T) *binarycache.Handler {
+	t.Helper()
+	h := &binarycache.Handler{
+		Dial: func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, env.Socket) },
+		Logf: t.Logf,
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// The narinfo is what Nix itself writes into a file:// cache with
+// compression=none, field for field; only the URL names the NAR differently.
+func TestNarInfoIsWhatNixWrites(t *testing.T) {
+	cl, err := env.Build(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if r := harness.Run(env.Environ(), "nix", "--extra-experimental-features", "nix-command",
+		"copy", "--to", "file://"+dir+"?compression=none", cl.Top); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	srv := httptest.NewServer(cacheHandler(t))
+	defer srv.Close()
+	for _, p := range cl.Paths {
+		hash := filepath.Base(p)[:32]
+		want, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := get(t, srv.URL+"/"+hash+".narinfo", http.StatusOK)
+		if withoutURL(got) != withoutURL(string(want)) {
+			t.Errorf("%s:\nserved:\n%s\nNix writes:\n%s", p, got, want)
+		}
+		// The NAR is the one Nix wrote, byte for byte.
+		nar := get(t, srv.URL+"/"+field(got, "URL"), http.StatusOK)
+		wantNar, err := os.ReadFile(filepath.Join(dir, field(string(want), "URL")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nar != string(wantNar) {
+			t.Errorf("%s: the NAR served (%d bytes) is not the one Nix writes (%d bytes)", p, len(nar), len(wantNar))
+		}
+	}
+	get(t, srv.URL+"/nix-cache-info", http.StatusOK)
+	get(t, srv.URL+"/"+strings.Repeat("0", 32)+".narinfo", http.StatusNotFound)
+	get(t, srv.URL+"/nar/"+strings.Repeat("0", 32)+"-"+strings.Repeat("0", 52)+".nar", http.StatusNotFound)
+	get(t, srv.URL+"/../etc/passwd", http.StatusNotFound)
+}
+
+// Nix substitutes a closure from the handler as from any HTTP binary cache.
+func TestNixSubstitutesFromTheHandler(t *testing.T) {
+	cl, err := env.Build(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(cacheHandler(t))
+	defer srv.Close()
+	store := filepath.Join(t.TempDir(), "store")
+	r := harness.Run(env.Environ(), "nix-store", "--store", store, "--realise", cl.Top,
+		"--option", "substituters", srv.URL, "--option", "require-sigs", "false")
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	for _, p := range cl.Paths {
+		if r := harness.Run(env.Environ(), "nix-store", "--store", store, "--check-validity", p); r.Err != nil {
+			t.Errorf("%s was not substituted: %v", p, r.Err)
+		}
+	}
+}
+
+func get(t *testing.T, url string, status int) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
+	if resp.StatusCode != status {
+		t.Fatalf("GET %s: %s, want %d", url, resp.Status, status)
+	}
+	return string(b)
+}
+
+func field(narinfo, name string) string {
+	for _, l := range strings.Split(narinfo, "\n") {
+		if v, ok := strings.CutPrefix(l, name+": "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func withoutURL(narinfo string) string {
+	var keep []string
+	for _, l := range strings.Split(narinfo, "\n") {
+		if !strings.HasPrefix(l, "URL: ") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
