@@ -15,7 +15,7 @@ command -v nix-daemon >/dev/null || need+=(nix-bin)
 getent group nixbld >/dev/null || need+=(nix-setup-systemd)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
-command -v unshare >/dev/null && command -v pivot_root >/dev/null || need+=(util-linux)
+command -v unshare >/dev/null || need+=(util-linux)
 # The race detector needs cgo, and cgo the C compiler Go is configured with.
 { command -v "$(go env CC)" >/dev/null && [ -e /usr/include/stdlib.h ]; } || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then

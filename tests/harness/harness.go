@@ -52,7 +52,7 @@ type Env struct {
 }
 
 // Requirements are the programs the harness runs.
-var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "unshare", "mount"}
+var Requirements = []string{"nix-daemon", "nix-store", "nix-build", "nix", "sshd", "ssh", "ssh-keygen", "mount"}
 
 // Start checks the requirements and starts the daemon. Call Close when done.
 func Start() (*Env, error) {

@@ -175,9 +175,10 @@ Match All
 	}
 	// sshd runs in a mount namespace of its own in which /etc/passwd, group
 	// and shadow are copies with the nix-ssh account added: the machine's
-	// files are never touched. `unshare` without --fork execs in place, so
-	// the PID we hold is sshd's.
-	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
+	// files are never touched. ownroot makes that namespace (unshare would
+	// fail in a chroot whose / is not a mount) and execs in place, so the
+	// PID we hold is sshd's.
+	cmd := exec.Command(e.ownroot, append([]string{
 		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && sshd="$4" && shift 4 && exec "$sshd" "$@"`,
 		"sh", files[0], files[1], files[2], sshd}, args...)...)
 	cmd.Env = e.Environ()

@@ -10,7 +10,9 @@
 // ("Can't open user config file"). Newer Nix restores the root too
 // (NixOS/nix#6348 and later). Chroot-based containers and CI roots are where
 // many people first try nixcache, so the test harness starts its daemons
-// through this. The PID is kept (it execs), so callers stop the program by
+// and the Nix commands it runs as root through this, and sshd, which needs a
+// mount namespace of its own (`unshare --mount --propagation private` fails
+// in a chroot whose / is not a mount). The PID is kept (it execs), so callers stop the program by
 // the PID they started.
 //
 // Shell tools cannot do it: the namespace's root must be pivoted to the
