@@ -212,7 +212,11 @@ func joinError(err error, req onboard.JoinRequest) error {
 	var changed *sshconf.HostKeyChanged
 	var syntax *nixconf.SyntaxError
 	var unsafe *onboard.UnsafeMaxConnections
+	var name *onboard.MachineNameError
 	switch {
+	case errors.As(err, &name):
+		return withHint(err, "nothing was changed",
+			"pass --name NAME: the name the cache's admin registers this machine under (the default is the host name)")
 	case errors.As(err, &unsafe):
 		return withHint(err, "nothing was changed",
 			"join without --max-connections (one connection works on every Nix), or upgrade Nix first")

@@ -258,9 +258,8 @@ func (u *ui) forAdmin(plan *onboard.Plan, machine string) {
 	if plan.ClientKey == nil {
 		return
 	}
-	line := sshconf.AuthorizedLine(plan.ClientKey, plan.KeyComment)
 	fmt.Fprintf(u.stderr, "nixcache: give the cache's admin this machine's key; on the server:\n")
-	fmt.Fprintf(u.stdout, "nixcache clients add %s --key '%s'\n", machine, line)
+	fmt.Fprintln(u.stdout, onboard.AdminCommand(machine, plan.ClientKey))
 }
 
 func (u *ui) checks(checks []onboard.Check) {

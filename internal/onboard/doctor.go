@@ -59,7 +59,9 @@ type doctor struct {
 	checks []Check
 	daemon *service.Daemon
 	conf   *nixconf.Config
-	key    string // the daemon's public key line, for the admin
+	// register is the command that registers the daemon's key, for the
+	// admin.
+	register string
 }
 
 func (d *doctor) add(cache, name string, st Status, detail string, hints ...string) {
@@ -167,7 +169,7 @@ func (d *doctor) checkKey() {
 		d.add("", "ssh key", Failed, err.Error(), hint)
 		return
 	}
-	d.key = sshconf.AuthorizedLine(k, sshconf.PublicComment(path))
+	d.register = AdminCommand(d.opt.Machine, k)
 	d.add("", "ssh key", OK, fmt.Sprintf("%q is %s, readable by root only", path, sshconf.Fingerprint(k)))
 }
 
@@ -293,8 +295,8 @@ func (d *doctor) loginHints(c sshconf.Cache, err error) []string {
 	switch {
 	case strings.Contains(msg, "Permission denied"):
 		h := []string{"the cache does not accept this machine's ssh key: ask its admin to register it"}
-		if d.key != "" {
-			h = append(h, fmt.Sprintf("nixcache clients add %s --key '%s'", d.opt.Machine, d.key))
+		if d.register != "" {
+			h = append(h, d.register)
 		}
 		return append(h, "then the server must be rebuilt (NixOS) or its authorized keys rendered again ('nixcache clients authorized-keys')")
 	case strings.Contains(msg, "Host key verification failed"), strings.Contains(msg, "IDENTIFICATION HAS CHANGED"):

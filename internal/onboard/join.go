@@ -21,6 +21,7 @@ import (
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/nixconf"
 	"github.com/nixcache/nixcache/internal/nixkey"
+	"github.com/nixcache/nixcache/internal/registry"
 	"github.com/nixcache/nixcache/internal/sshconf"
 )
 
@@ -53,7 +54,8 @@ type JoinRequest struct {
 	Cache     sshconf.URL
 	PublicKey nixkey.PublicKey
 	HostKey   HostKeySource
-	// Machine names this machine in the key's comment.
+	// Machine names this machine in the cache's registry and in the key's
+	// comment; it must be a name the registry takes.
 	Machine string
 	Loc     Locations
 }
@@ -87,11 +89,10 @@ type Plan struct {
 	Presented []ssh.PublicKey // what the server presented, if it was asked
 	// CreateKey says the daemon's ssh key does not exist yet; ClientKey is
 	// its public half once it does.
-	CreateKey  bool
-	ClientKey  ssh.PublicKey
-	KeyComment string
-	SSHFiles   []FileChange
-	NixConf    []nixconf.Change
+	CreateKey bool
+	ClientKey ssh.PublicKey
+	SSHFiles  []FileChange
+	NixConf   []nixconf.Change
 	// HostKeyUnchecked is set when the server could not be reached to
 	// confirm a host key given as a line.
 	HostKeyUnchecked error
@@ -106,6 +107,9 @@ func (p *Plan) Changed() bool {
 // before any change on a host key that does not match, on a nix.conf it
 // cannot parse or edit, and on an unusable existing key.
 func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
+	if err := registry.ValidateName(req.Machine); err != nil {
+		return nil, &MachineNameError{err}
+	}
 	p := &Plan{Req: req}
 	loc := req.Loc
 	var err error
@@ -150,11 +154,8 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 	switch {
 	case sshconf.IsNotExist(err):
 		p.CreateKey = true
-		p.KeyComment = "nixcache@" + req.Machine
 	case err != nil:
 		return nil, err
-	default:
-		p.KeyComment = sshconf.PublicComment(dir.KeyFile())
 	}
 
 	known, err := readFile(dir.KnownHosts())
@@ -227,6 +228,27 @@ func daemonVersion(ctx context.Context, socket string) (version, error) {
 	defer c.Close()
 	return version{c.DaemonVersion, c.DaemonNixVersion}, nil
 }
+
+// MachineNameError refuses a machine name the cache's registry would not
+// take.
+type MachineNameError struct{ Err error }
+
+func (e *MachineNameError) Error() string { return "this machine's name: " + e.Err.Error() }
+
+func keyComment(machine string) string { return "nixcache@" + machine }
+
+// AdminCommand is the command the cache's admin pastes into a shell to
+// register key for machine. Nothing read from this machine's files goes
+// into it: the key is its type and base64 only, the comment is made from
+// the name, and both arguments are quoted for the shell.
+func AdminCommand(machine string, key ssh.PublicKey) string {
+	return "nixcache clients add " + shellQuote(machine) + " --key " + shellQuote(sshconf.AuthorizedLine(key, keyComment(machine)))
+}
+
+// shellQuote makes s one word for a POSIX shell: inside single quotes
+// nothing is special but the single quote itself, which is closed, escaped
+// and reopened.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // UnsafeMaxConnections refuses max-connections > 1 on a Nix that hangs
 // with it.
@@ -331,7 +353,7 @@ func (p *Plan) Apply(now time.Time) (*Result, error) {
 		return res, err
 	}
 	if p.CreateKey {
-		k, err := sshconf.GenerateKey(dir.KeyFile(), p.KeyComment)
+		k, err := sshconf.GenerateKey(dir.KeyFile(), keyComment(p.Req.Machine))
 		if err != nil {
 			return res, err
 		}

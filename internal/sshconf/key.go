@@ -93,19 +93,5 @@ func AuthorizedLine(k ssh.PublicKey, comment string) string {
 	return line
 }
 
-// PublicComment reads the comment of the key's .pub file, if any, so the
-// line printed for the admin stays the same on every run.
-func PublicComment(keyPath string) string {
-	data, err := os.ReadFile(keyPath + ".pub")
-	if err != nil {
-		return ""
-	}
-	_, comment, _, _, err := ssh.ParseAuthorizedKey(data)
-	if err != nil {
-		return ""
-	}
-	return comment
-}
-
 // IsNotExist reports whether err says a file is missing.
 func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

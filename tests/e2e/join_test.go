@@ -423,7 +423,7 @@ func TestDoctorFindsEachBrokenPiece(t *testing.T) {
 	// The admin removes the machine from the registry.
 	c.revoke(t, filepath.Base(m.Dir))
 	out = doctor(false, "ssh login")
-	if !strings.Contains(out, "nixcache clients add "+filepath.Base(m.Dir)) {
+	if !strings.Contains(out, "nixcache clients add '"+filepath.Base(m.Dir)+"' --key 'ssh-ed25519 ") {
 		t.Errorf("no hint to register the key:\n%s", out)
 	}
 	c.admit(t, registered)
@@ -585,4 +585,78 @@ func TestJoinMaxConnectionsOnlyWhereNixCopes(t *testing.T) {
 		t.Errorf("join accepted max-connections on a Nix that hangs with it: %v\n%s", r.Err, r.Stderr)
 	}
 	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// A machine name is checked by the registry's rules before join changes
+// anything: the name ends up in the line the admin pastes into a shell.
+func TestJoinRefusesAHostileName(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	marker := filepath.Join(t.TempDir(), "pwned")
+	before := snapshot(t, m.ConfDir, m.SSHDir)
+	r := harness.Run(m.Environ(), nixcache, "client", "join", "--cache", c.url(harness.SSHNG), "--public-key", c.publicKey,
+		"--host-key", c.server.HostKey, "--nix-conf-dir", m.ConfDir, "--ssh-dir", m.SSHDir, "--service-manager", "none",
+		"--name", "b01'$(touch "+marker+")'")
+	if r.Err == nil || !strings.Contains(r.Stderr, "is not allowed") || !strings.Contains(r.Stderr, "--name") {
+		t.Errorf("join accepted a name no registry takes: %v\n%s\n%s", r.Err, r.Stdout, r.Stderr)
+	}
+	sameFiles(t, "refused join", before, snapshot(t, m.ConfDir, m.SSHDir))
+}
+
+// An attacker who once ran join with a hostile name left it in the key's
+// .pub comment; a later, honest join must still print a line that, pasted
+// into the admin's shell, runs nixcache with exactly the expected arguments
+// and nothing else.
+func TestJoinPrintsALineSafeToPaste(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	work := t.TempDir()
+	marker := filepath.Join(work, "pwned")
+	if err := os.MkdirAll(m.SSHDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(m.SSHDir, "nixcache_ed25519")
+	hostile := "b01'$(touch " + marker + ")'`touch " + marker + "`;touch " + marker
+	if r := harness.Run(env.Environ(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", hostile, "-f", key); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(readFile(t, key+".pub")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Base(m.Dir)
+	line := strings.TrimSpace(c.join(t, m).Stdout)
+
+	got := pasted(t, work, line)
+	want := []string{"clients", "add", name, "--key", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))) + " nixcache@" + name}
+	if strings.Join(got, "\x00") != strings.Join(want, "\x00") {
+		t.Errorf("the pasted line %q ran nixcache with %q, want %q", line, got, want)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("pasting %q ran a command of the key comment's", line)
+	}
+}
+
+// pasted runs line with sh, as an admin's paste does, with a nixcache on
+// PATH that records its arguments, and returns them.
+func pasted(t *testing.T, dir, line string) []string {
+	t.Helper()
+	bin := filepath.Join(dir, "bin")
+	argv := filepath.Join(dir, "argv")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fake := "#!/bin/sh\nprintf '%s\\0' \"$@\" > " + argv + "\n"
+	if err := os.WriteFile(filepath.Join(bin, "nixcache"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := harness.Run([]string{"PATH=" + bin + ":/usr/bin:/bin"}, "/bin/sh", "-c", line)
+	if r.Err != nil {
+		t.Fatalf("sh -c %q: %v\n%s", line, r.Err, r.Stderr)
+	}
+	data, err := os.ReadFile(argv)
+	if err != nil {
+		t.Fatalf("the pasted line %q did not run nixcache: %v", line, err)
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
 }
