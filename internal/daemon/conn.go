@@ -400,6 +400,19 @@ func (c *Conn) log(s string) {
 	}
 }
 
+// readBool is wire.ReadBool with a value other than 0 or 1 reported as the
+// protocol error it is, which callers treat as fatal to the connection.
+func (c *Conn) readBool() (bool, error) {
+	n, err := wire.ReadUint64(c.r)
+	if err != nil {
+		return false, err
+	}
+	if n > 1 {
+		return false, &ProtocolError{fmt.Sprintf("%d where a boolean was expected", n)}
+	}
+	return n == 1, nil
+}
+
 // readString reads one length-prefixed, zero-padded string. go-nix's
 // wire.ReadString does the same but allocates a 1 KiB scratch buffer per
 // string to skip the padding, which was a quarter of `sign --all`'s CPU time.

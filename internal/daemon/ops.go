@@ -32,7 +32,7 @@ func (c *Conn) IsValidPath(path string) (bool, error) {
 		w.uint(opIsValidPath)
 		w.string(path)
 	}, func() (err error) {
-		valid, err = wire.ReadBool(c.r)
+		valid, err = c.readBool()
 		return err
 	})
 	return valid, err
@@ -116,7 +116,7 @@ func (c *Conn) readAddSignaturesReply() error {
 // readPathInfoReply reads QueryPathInfo's answer: from protocol 1.17 on
 // (every version we accept) a validity flag, then the path info.
 func (c *Conn) readPathInfoReply(path string) (*PathInfo, error) {
-	valid, err := wire.ReadBool(c.r)
+	valid, err := c.readBool()
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +144,7 @@ func (c *Conn) readPathInfoReply(path string) (*PathInfo, error) {
 		return nil, err
 	}
 	// Protocol 1.16 added these; every version we accept has them.
-	if info.Ultimate, err = wire.ReadBool(c.r); err != nil {
+	if info.Ultimate, err = c.readBool(); err != nil {
 		return nil, err
 	}
 	if info.Sigs, err = c.readStrings(); err != nil {
