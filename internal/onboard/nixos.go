@@ -2,7 +2,6 @@ package onboard
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/nixcache/nixcache/internal/sshconf"
@@ -34,9 +33,13 @@ func (p *Plan) NixOSModule() string {
 		nixString(p.Req.PublicKey.String()), nixString(hostKey))
 }
 
+// nixStringEscapes are the only escapes a Nix "..." string has: a
+// backslash before any other character stands for that character, "$"
+// starts an interpolation before "{", and a bare CR reads as LF. Everything
+// else stands for itself, so control characters and UTF-8 go in as they
+// are (Go's \v or \u00a0 would read as "v" and "u00a0"). A NUL ends the
+// string in Nix; nothing join renders can hold one.
+var nixStringEscapes = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "$", `\$`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+
 // nixString quotes s as a Nix string literal.
-func nixString(s string) string {
-	q := strconv.Quote(s)
-	// Nix interpolates "${" inside double quotes.
-	return strings.ReplaceAll(q, "${", `\${`)
-}
+func nixString(s string) string { return `"` + nixStringEscapes.Replace(s) + `"` }
