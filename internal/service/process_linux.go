@@ -3,6 +3,7 @@ package service
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nixcache/nixcache/internal/daemon"
 )
 
 // FindDaemon identifies the nix-daemon that serves socket by what cannot be
@@ -107,6 +110,14 @@ func listener(socket string) (*syscall.Ucred, error) {
 	}
 	if credErr != nil {
 		return nil, fmt.Errorf("asking who listens on %q: %w", socket, credErr)
+	}
+	// A connection that hangs up unannounced is an error in the daemon's
+	// log; one that greets it and leaves is not. The answer does not
+	// matter: the kernel has said who listens.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := daemon.Handshake(ctx, conn); err == nil {
+		c.Close()
 	}
 	return cred, nil
 }
