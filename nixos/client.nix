@@ -13,6 +13,10 @@ let
   stateDir = "/var/lib/nixcache/client";
   publicSshKeyState = "${stateDir}/ssh-key.pub";
   sshKeyFile = toString cfg.sshKeyFile;
+  keyDirs = lib.unique [
+    (dirOf sshKeyFile)
+    stateDir
+  ];
 
   substituter =
     "${cfg.protocol}://${cfg.user}@${cfg.host}"
@@ -214,7 +218,7 @@ in
     '';
 
     systemd.services.nixcache-client-key = {
-      description = "Create the SSH key the Nix daemon uses to reach the nixcache server";
+      description = "Create the SSH key the Nix daemon uses to reach the nixcache server, and check it";
       documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
       wantedBy = [ "multi-user.target" ];
       before = [ "nix-daemon.service" ];
@@ -225,20 +229,24 @@ in
         NAME = config.networking.hostName;
       };
       script = ''
+        ${common.exposedKeyCheck}
         if [ ! -e "$KEY" ]; then
-          mkdir -p "$(dirname "$KEY")"
           ssh-keygen -q -t ed25519 -N "" -C "root@$NAME" -f "$KEY" < /dev/null
         fi
-        mkdir -p "$(dirname "$PUBLIC")"
+        refuse_exposed_key "$KEY" services.nixcache.client.sshKeyFile ${lib.escapeShellArg "then systemctl restart nixcache-client-key.service. If someone may have, delete it and restart that unit to make a new key, and have the cache's admin replace this machine's registered key."}
         ssh-keygen -y -f "$KEY" > "$PUBLIC.tmp"
         chmod 0644 "$PUBLIC.tmp"
         mv "$PUBLIC.tmp" "$PUBLIC"
         echo "the cache's admin registers this machine with: nixcache clients add $NAME --key '$(cat "$PUBLIC")'"
       '';
-      serviceConfig = {
+      serviceConfig = common.confinedRoot // {
         Type = "oneshot";
         RemainAfterExit = true;
-        UMask = "0077";
+        # Where the key is made and its public half published; created with
+        # full privileges first, as a directory must exist to be made
+        # writable.
+        ReadWritePaths = keyDirs;
+        ExecStartPre = [ "+${pkgs.coreutils}/bin/mkdir -p -- ${lib.escapeShellArgs keyDirs}" ];
       };
     };
     systemd.tmpfiles.rules = [

@@ -1,6 +1,14 @@
-# What the server and client modules share: the package option and the
-# check that a secret's path stays out of the world-readable store.
+# What the server and client modules share: the package option, the checks
+# that a secret's path stays out of the world-readable store and that the
+# file itself is private, and the confinement of the units that run as root.
 { lib }:
+let
+  temporaryDirs = [
+    "/tmp/"
+    "/var/tmp/"
+    "/dev/shm/"
+  ];
+in
 {
   # How a cache serves clients: the substituter's URL scheme, and so the
   # server's forced command. Both roles must agree on it and on the account.
@@ -43,6 +51,82 @@
       ]
     else if !lib.hasPrefix "/" value then
       [ "${option} = \"${value}\" must be an absolute path" ]
+    # The key units see a private /tmp and /dev: a key made there would
+    # vanish with the unit.
+    else if lib.any (dir: lib.hasPrefix dir value) temporaryDirs then
+      [
+        "${option} = \"${value}\" is in a temporary directory (${lib.concatStringsSep ", " temporaryDirs}), which is cleaned and which the key units see a private copy of: keep ${what} elsewhere, e.g. \"${default}\""
+      ]
     else
       [ ];
+
+  # A shell function for the key units' scripts:
+  #   refuse_exposed_key FILE OPTION HINT
+  # (HINT: what to do after the fix, or if the key may have been read)
+  # fails, saying what to do, unless FILE (through any symlink) is owned by
+  # the user running it (root, in the units) and no one else may read or
+  # change it. Whoever could read a key may have copied it: a warning at
+  # boot would be read too late, if ever.
+  exposedKeyCheck = ''
+    refuse_exposed_key() {
+      local file=$1 option=$2 hint=$3 found owner mode
+      if ! found=$(stat -L -c '%u %a' -- "$file"); then
+        echo "$option: cannot read the owner and mode of $file" >&2
+        return 1
+      fi
+      owner=''${found% *} mode=$(printf '%04o' "$((8#''${found#* }))")
+      if [ "$owner" != "$EUID" ]; then
+        echo "$option: $file is owned by uid $owner, which can read it; refusing to use it. If that user cannot have read it: chown $EUID $file, $hint" >&2
+        return 1
+      fi
+      if (( 8#$mode & 8#077 )); then
+        echo "$option: $file has mode $mode, so others can read or change it; refusing to use it. If no one else can have read it: chmod 0600 $file, $hint" >&2
+        return 1
+      fi
+    }
+  '';
+
+  # systemd settings for a unit that runs as root to make or check a key:
+  # root without capabilities, writing nothing but its ReadWritePaths and
+  # StateDirectory, with no network or socket of any kind (a Unix socket
+  # would reach systemd's, where uid 0 is all it takes), and a system call
+  # filter.
+  confinedRoot = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    # Filesystem: a key may be read from under /root or /home, never written
+    # there unless it is in ReadWritePaths.
+    ProtectSystem = "strict";
+    ProtectHome = "read-only";
+    PrivateTmp = true;
+    PrivateDevices = true;
+    UMask = "0077";
+    # Network: none, and no sockets.
+    PrivateNetwork = true;
+    RestrictAddressFamilies = "none";
+    IPAddressDeny = "any";
+    # Kernel and process isolation.
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
+    # The Go runtime raises its open-file limit at start; let that fail
+    # quietly instead of killing the process.
+    SystemCallErrorNumber = "EPERM";
+  };
 }

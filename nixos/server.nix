@@ -32,6 +32,7 @@ let
   # toString never copies a path literal into the store (the assertions
   # refuse one anyway); interpolating it would.
   secretKeyFiles = map toString ([ cfg.secretKeyFile ] ++ cfg.extraSecretKeyFiles);
+  secretKeyDir = dirOf (lib.head secretKeyFiles);
 
   keyFileProblems =
     option: value:
@@ -208,13 +209,21 @@ in
     };
 
     maxStartups = lib.mkOption {
-      type = lib.types.str;
+      type = lib.types.nullOr (lib.types.strMatching "[0-9]+(:[0-9]+:[0-9]+)?");
       default = "64:30:256";
+      example = null;
       description = ''
         sshd's `MaxStartups`: how many connections may be mid-handshake before
-        sshd starts refusing some (start:rate:full). OpenSSH's 10:30:100 is
-        tight when a fleet of builders asks the cache at once; every Nix
-        command opens its own SSH connection.
+        sshd starts refusing some ("start:rate:full", or one number).
+        OpenSSH's 10:30:100 is tight when a fleet of builders asks the cache
+        at once; every Nix command opens its own SSH connection.
+
+        This is global: sshd does not allow `MaxStartups` in a `Match` block,
+        so it applies to every SSH login on this machine, not only the
+        cache's account, and lets that many unauthenticated connections
+        from anyone hold sshd's attention at once. It is only a default:
+        `services.openssh.settings.MaxStartups`, if set, wins, and `null`
+        leaves sshd's own.
       '';
     };
 
@@ -317,7 +326,7 @@ in
     nix.settings.secret-key-files = secretKeyFiles;
 
     systemd.services.nixcache-keygen = {
-      description = "Create the nixcache signing key if it is missing";
+      description = "Create the nixcache signing key if it is missing, and check every key";
       documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
       wantedBy = [
         "multi-user.target"
@@ -327,10 +336,7 @@ in
         "nix-daemon.service"
         "nixcache-sign.service"
       ];
-      path = [
-        cfg.package
-        config.systemd.package
-      ];
+      path = [ cfg.package ];
       environment = {
         NAME = cfg.keyName;
         SECRET = lib.head secretKeyFiles;
@@ -338,16 +344,19 @@ in
         EXPECTED = toString cfg.publicKey;
       };
       script = ''
+        ${common.exposedKeyCheck}
+        hint=${lib.escapeShellArg "then systemctl restart nixcache-keygen.service. If someone may have, treat the key as leaked and rotate it (https://github.com/nixcache/nixcache/blob/main/docs/nixos.md#rotating-the-signing-key)."}
         if [ ! -e "$SECRET" ]; then
-          mkdir -p "$(dirname "$SECRET")"
           # O_EXCL and mode 0600; prints only the public key.
           nixcache keygen --name "$NAME" --secret-key-file "$SECRET"
         fi
+        refuse_exposed_key "$SECRET" services.nixcache.server.secretKeyFile "$hint"
         for f in ${lib.escapeShellArgs (lib.tail secretKeyFiles)}; do
-          if [ ! -r "$f" ]; then
+          if [ ! -e "$f" ]; then
             echo "extra secret key file $f does not exist: copy the old key there, or remove it from services.nixcache.server.extraSecretKeyFiles" >&2
             exit 1
           fi
+          refuse_exposed_key "$f" services.nixcache.server.extraSecretKeyFiles "$hint"
         done
         # Published from the secret key itself, so it always matches it.
         nixcache key public --secret-key-file "$SECRET" > "$PUBLIC.tmp"
@@ -357,16 +366,20 @@ in
           echo "the key in $SECRET is $(cat "$PUBLIC"), not services.nixcache.server.publicKey = $EXPECTED" >&2
           exit 1
         fi
-        # A new key (first boot, rotation) signs everything at once; a run
-        # already going may have started with the old keys.
-        systemctl restart --no-block nixcache-sign.service
       '';
-      serviceConfig = {
+      serviceConfig = common.confinedRoot // {
         Type = "oneshot";
         RemainAfterExit = true;
-        UMask = "0077";
         StateDirectory = "nixcache";
         StateDirectoryMode = "0755";
+        # Where a missing key is made; created with full privileges first, as
+        # a directory must exist to be made writable.
+        ReadWritePaths = [ secretKeyDir ];
+        ExecStartPre = [ "+${pkgs.coreutils}/bin/mkdir -p -- ${lib.escapeShellArg secretKeyDir}" ];
+        # A new key (first boot, rotation) signs everything at once; a run
+        # already going may have started with the old keys. From outside the
+        # confinement, which has no way to reach systemd.
+        ExecStartPost = [ "+${config.systemd.package}/bin/systemctl restart --no-block nixcache-sign.service" ];
       };
     };
 
@@ -381,8 +394,12 @@ in
         "nixcache-keygen.service"
         "nix-daemon.socket"
       ];
-      wants = [ "nixcache-keygen.service" ];
-      requires = [ "nix-daemon.socket" ];
+      # Not without the keys checked: a key others could read is refused
+      # there, and nothing signs with it.
+      requires = [
+        "nixcache-keygen.service"
+        "nix-daemon.socket"
+      ];
       serviceConfig = {
         Type = "oneshot";
         ExecStart = lib.imap0 (
@@ -475,7 +492,7 @@ in
       enable = true;
       # sshd opens its ports whenever it is enabled unless this is false.
       openFirewall = lib.mkDefault cfg.openFirewall;
-      settings.MaxStartups = lib.mkDefault cfg.maxStartups;
+      settings = lib.mkIf (cfg.maxStartups != null) { MaxStartups = lib.mkDefault cfg.maxStartups; };
       # As nixpkgs' nix.sshServe, and again in every authorized_keys line
       # (restrict, command=): the account can run the serve command and
       # nothing else, however a key got there. Last in sshd_config, since

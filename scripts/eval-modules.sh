@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the module-evaluation tests (tests/nixos/eval.nix) with a nixpkgs
 # lib directory: the `lib` of a nixpkgs checkout or of nix-community/nixpkgs.lib.
-# `nix flake check` runs the same tests with the pinned nixpkgs' lib.
+# `nix flake check` runs the same tests with the pinned nixpkgs' lib. Then
+# it hands what the modules write to the real tools that read it: Python
+# and pyflakes, sshd and ssh, and bash with the nixcache command (built
+# with go) and ssh-keygen for the key units' scripts.
 #
 #   scripts/eval-modules.sh /path/to/nixpkgs.lib
 set -euo pipefail
@@ -100,3 +103,85 @@ pinned=$(ssh-keygen -F "$host" -f "$tmp/knownHosts")
 grep -q "ssh-ed25519" <<<"$pinned" ||
   { echo "ssh-keygen -F finds no pinned key for $host" >&2; exit 1; }
 echo "passed: ssh -G applies the client's ssh settings to $user@$host alone, and the pin is found"
+
+# The key units' scripts, run by bash -e as systemd runs a NixOS unit's
+# script, on real files: a key that another user owns, or that anyone but
+# its owner may read or change, stops the unit with a message that says
+# what to do and quotes nothing of the key, and nothing is published.
+keys="$tmp/keys" bin="$tmp/bin"
+mkdir -p "$keys" "$bin"
+go build -o "$bin/nixcache" ./cmd/nixcache
+# unit NAME VAR=VALUE...: NAME's script, with its environment and the
+# overrides, key paths moved from /nixcache-eval/ to $keys.
+unit() {
+  local name=$1 envs
+  shift
+  sed "s|/nixcache-eval/|$keys/|g" "$tmp/${name}Script" > "$tmp/$name.sh"
+  mapfile -t envs < <(python3 -c 'import json, sys
+for k, v in json.load(open(sys.argv[1])).items():
+    print(k + "=" + v.replace("/nixcache-eval/", sys.argv[2] + "/"))' "$tmp/${name}Env" "$keys")
+  env -i PATH="$bin:$PATH" "${envs[@]}" "$@" bash -e "$tmp/$name.sh" > "$tmp/$name.out" 2> "$tmp/$name.err"
+}
+# refused WHAT NAME 'WANT...' VAR=VALUE...: the unit fails, its message
+# has every WANT (one per line), and quotes no line of a key in $keys.
+refused() {
+  local what=$1 name=$2 wants=$3 f want
+  shift 3
+  if unit "$name" "$@"; then
+    echo "$what: $name succeeded; it should have refused" >&2
+    exit 1
+  fi
+  while IFS= read -r want; do
+    grep -qF -- "$want" "$tmp/$name.err" ||
+      { echo "$what: $name's message lacks '$want':" >&2; cat "$tmp/$name.err" >&2; exit 1; }
+  done <<<"$wants"
+  for f in "$keys"/*; do
+    if grep -qxFf "$f" "$tmp/$name.err" "$tmp/$name.out"; then
+      echo "$what: $name printed a line of $f" >&2
+      exit 1
+    fi
+  done
+}
+accepted() {
+  local what=$1 name=$2
+  shift 2
+  unit "$name" "$@" || { echo "$what: $name failed:" >&2; cat "$tmp/$name.err" >&2; exit 1; }
+}
+
+server=(SECRET="$keys/secret-key" PUBLIC="$keys/public-key")
+"$bin/nixcache" keygen --name old-1 --secret-key-file "$keys/old-key" > /dev/null
+accepted "a fresh server" keygen "${server[@]}"
+[ "$(stat -c %a "$keys/secret-key")" = 600 ] || { echo "the new secret key is not mode 600" >&2; exit 1; }
+grep -qx "eval-1:.*" "$keys/public-key" || { echo "no public key published" >&2; exit 1; }
+rm "$keys/public-key"
+chmod 0644 "$keys/secret-key"
+refused "a world-readable secret key" keygen "services.nixcache.server.secretKeyFile
+$keys/secret-key has mode 0644
+chmod 0600" "${server[@]}"
+[ ! -e "$keys/public-key" ] || { echo "a world-readable key was published from" >&2; exit 1; }
+chmod 0600 "$keys/secret-key"
+chmod 0640 "$keys/old-key"
+refused "a group-readable extra key" keygen "services.nixcache.server.extraSecretKeyFiles
+$keys/old-key has mode 0640" "${server[@]}"
+chmod 0600 "$keys/old-key"
+accepted "the keys made private again" keygen "${server[@]}"
+
+client=(KEY="$keys/ssh_ed25519" PUBLIC="$keys/ssh-key.pub")
+accepted "a fresh client" clientKey "${client[@]}"
+[ "$(stat -c %a "$keys/ssh_ed25519")" = 600 ] || { echo "the new ssh key is not mode 600" >&2; exit 1; }
+chmod 0604 "$keys/ssh_ed25519"
+refused "a world-readable ssh key" clientKey "services.nixcache.client.sshKeyFile
+$keys/ssh_ed25519 has mode 0604" "${client[@]}"
+chmod 0600 "$keys/ssh_ed25519"
+accepted "the ssh key made private again" clientKey "${client[@]}"
+echo "passed: the key units refuse keys others can read, and publish nothing"
+
+# Another owner needs root to make.
+if [ "$(id -u)" = 0 ]; then
+  chown 65534 "$keys/secret-key" "$keys/ssh_ed25519"
+  refused "a secret key owned by another user" keygen "$keys/secret-key is owned by uid 65534" "${server[@]}"
+  refused "an ssh key owned by another user" clientKey "$keys/ssh_ed25519 is owned by uid 65534" "${client[@]}"
+  echo "passed: the key units refuse keys another user owns"
+else
+  echo "not run: the key units and keys another user owns (needs root)"
+fi

@@ -99,6 +99,23 @@ in
     ++ expect.eq "key" unit.environment.KEY "/var/lib/nixcache/client/ssh_ed25519"
     ++ expect.eq "published" minimal.environment.etc."nixcache/client-ssh-key.pub".source "/var/lib/nixcache/client/ssh-key.pub";
 
+  # The script itself runs in scripts/eval-modules.sh, on real files.
+  "client: the key unit is confined, and refuses a key others can read or own" =
+    let
+      unit = minimal.systemd.services.nixcache-client-key;
+      elsewhere = (client { sshKeyFile = "/root/.ssh/nixcache"; } { }).systemd.services.nixcache-client-key;
+    in
+    expect.confined "nixcache-client-key" unit.serviceConfig
+    ++ expect.eq "writable" (unit.serviceConfig.ReadWritePaths or null) [ "/var/lib/nixcache/client" ]
+    ++ expect.eq "another key directory is writable" (elsewhere.serviceConfig.ReadWritePaths or null) [
+      "/root/.ssh"
+      "/var/lib/nixcache/client"
+    ]
+    ++ expect.eq "and made before the confined script runs" (elsewhere.serviceConfig.ExecStartPre or null) [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/mkdir -p -- /root/.ssh /var/lib/nixcache/client"
+    ]
+    ++ expect.true "the script checks the key" (lib.hasInfix "refuse_exposed_key \"$KEY\"" unit.script);
+
   "client: ssh-ng" =
     expect.eq "substituters" (client { protocol = "ssh-ng"; } { }).nix.settings.substituters [
       "ssh-ng://nix-ssh@cache.example.org"
@@ -190,7 +207,8 @@ in
       "sshKeyFile"
       "is inside the Nix store"
     ]
-    ++ expect.refused (client { sshKeyFile = ./test-keys/client_ed25519; } { }) [ "path literal" ];
+    ++ expect.refused (client { sshKeyFile = ./test-keys/client_ed25519; } { }) [ "path literal" ]
+    ++ expect.refused (client { sshKeyFile = "/dev/shm/nixcache"; } { }) [ "sshKeyFile" "temporary" ];
 
   "both roles on one machine" =
     let

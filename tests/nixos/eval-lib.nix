@@ -23,12 +23,14 @@ let
   pkgs = {
     inherit lib;
     callPackage = _: _: fakePackage "nixcache" "0.1.0" { meta.mainProgram = "nixcache"; };
+    coreutils = fakePackage "coreutils" "9.7" { };
     writeText = name: _: storePath name;
   };
 
-  evalConfig =
+  # config and options, for cases that read an option's declaration.
+  evalModules =
     modules:
-    (lib.evalModules {
+    lib.evalModules {
       modules = [
         ./nixpkgs-options.nix
         ./nixpkgs-defaults.nix
@@ -36,7 +38,8 @@ let
         { _module.args.pkgs = pkgs; }
       ]
       ++ modules;
-    }).config;
+    };
+  evalConfig = modules: (evalModules modules).config;
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
@@ -55,6 +58,48 @@ let
       lib.optional (!lib.any (m: lib.all (p: lib.hasInfix p m) parts) failed)
         "expected an assertion failure saying ${builtins.toJSON parts}, got ${builtins.toJSON failed}";
     accepted = config: expect.eq "failed assertions" (failedAssertions config) [ ];
+    # Evaluating `value` fails (a type check, conflicting definitions).
+    throws = what: value: lib.optional (builtins.tryEval (builtins.deepSeq value value)).success what;
+    # A unit that runs as root is confined as far as its work allows: no
+    # capabilities, no network or sockets, a read-only system, a system
+    # call filter.
+    confined =
+      unit: serviceConfig:
+      lib.concatLists (
+        lib.mapAttrsToList (
+          key: want: expect.eq "${unit}'s ${key}" (serviceConfig.${key} or null) want
+        ) confinedRoot
+      );
+  };
+  confinedRoot = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    # Read, not hidden: a key may live under /root.
+    ProtectHome = "read-only";
+    PrivateTmp = true;
+    PrivateDevices = true;
+    UMask = "0077";
+    PrivateNetwork = true;
+    RestrictAddressFamilies = "none";
+    IPAddressDeny = "any";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
   };
 
   vmTest = import ./vm-cache.nix {
@@ -79,6 +124,7 @@ in
     lib
     fake
     fakePackage
+    evalModules
     evalConfig
     failedAssertions
     expect

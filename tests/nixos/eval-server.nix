@@ -1,6 +1,7 @@
 # services.nixcache.server, evaluated (see ./eval.nix).
 {
   lib,
+  evalModules,
   evalConfig,
   expect,
   fakePackage,
@@ -30,6 +31,19 @@ let
 
   minimal = withClient { };
   sign = minimal.systemd.services.nixcache-sign;
+  keygen = minimal.systemd.services.nixcache-keygen;
+  withSshdSettings =
+    settings: sshd:
+    evalConfig [
+      {
+        services.nixcache.server = {
+          enable = true;
+          clients.a.key = clientKey;
+        }
+        // settings;
+        services.openssh.settings = sshd;
+      }
+    ];
 in
 {
   "server: imported but not enabled changes nothing" =
@@ -80,7 +94,6 @@ in
       && lib.hasInfix "AllowTcpForwarding no" minimal.services.openssh.extraConfig
     )
     ++ expect.true "the Match block is closed" (lib.hasSuffix "Match All\n" minimal.services.openssh.extraConfig)
-    ++ expect.eq "MaxStartups" minimal.services.openssh.settings.MaxStartups "64:30:256"
     ++ expect.eq "sshd's port is open, as NixOS opens it" minimal.networking.firewall.allowedTCPPorts [ 22 ]
     ++ expect.eq "no warnings" minimal.warnings [ ];
 
@@ -98,6 +111,36 @@ in
       ];
     in
     expect.eq "allowedTCPPorts" config.networking.firewall.allowedTCPPorts [ 2222 ];
+
+  # MaxStartups is global in sshd_config(5) (not allowed in a Match block):
+  # it throttles every login, so the admin's own value always wins.
+  "server: MaxStartups is sshd's global setting: a default the admin can override or drop" =
+    let
+      option = (evalModules [ ]).options.services.nixcache.server.maxStartups;
+      own = withSshdSettings { } { MaxStartups = "10:30:60"; };
+      ownInt = withSshdSettings { } { MaxStartups = 20; };
+      dropped = withClient { maxStartups = null; };
+    in
+    expect.eq "by default" minimal.services.openssh.settings.MaxStartups "64:30:256"
+    ++ expect.eq "set through maxStartups" (withClient { maxStartups = "100"; })
+      .services.openssh.settings.MaxStartups
+      "100"
+    ++ expect.eq "the admin's own value wins" (builtins.tryEval own.services.openssh.settings.MaxStartups) {
+      success = true;
+      value = "10:30:60";
+    }
+    ++ expect.eq "an integer too" (builtins.tryEval ownInt.services.openssh.settings.MaxStartups) {
+      success = true;
+      value = 20;
+    }
+    ++ expect.true "maxStartups = null leaves sshd's default" (
+      (builtins.tryEval (!dropped.services.openssh.settings ? MaxStartups)).value
+    )
+    ++ expect.throws "maxStartups = \"lots\" is refused" (withClient { maxStartups = "lots"; })
+      .services.openssh.settings.MaxStartups
+    ++ expect.true "the description says it applies to every SSH login" (
+      lib.hasInfix "every SSH login" option.description && lib.hasInfix "not only" option.description
+    );
 
   "server: sshd's MaxSessions for the cache's account, OpenSSH's 10 unless raised" =
     let
@@ -220,9 +263,47 @@ in
       OnBootSec = "1min";
       OnUnitInactiveSec = "5min";
     }
-    ++ expect.true "a new key signs everything" (
-      lib.hasInfix "systemctl restart --no-block nixcache-sign.service" minimal.systemd.services.nixcache-keygen.script
+    ++ expect.true "a new key signs everything, from outside the key unit's confinement" (
+      keygen.serviceConfig.ExecStartPost or null == [
+        "+/nix/store/00000000000000000000000000000000-systemd-258.2/bin/systemctl restart --no-block nixcache-sign.service"
+      ]
+      && !lib.hasInfix "systemctl restart --no-block" keygen.script
     );
+
+  "server: the key unit is confined, writing only its state and the key's directory" =
+    expect.confined "nixcache-keygen" keygen.serviceConfig
+    ++ expect.eq "state directory" keygen.serviceConfig.StateDirectory "nixcache"
+    ++ expect.eq "writable" (keygen.serviceConfig.ReadWritePaths or null) [ "/var/lib/nixcache" ]
+    ++ (
+      let
+        config = withClient { secretKeyFile = "/root/keys/cache.secret"; };
+        unit = config.systemd.services.nixcache-keygen.serviceConfig;
+      in
+      expect.eq "another key directory is writable" (unit.ReadWritePaths or null) [ "/root/keys" ]
+      ++ expect.eq "and made before the confined script runs" (unit.ExecStartPre or null) [
+        "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/mkdir -p -- /root/keys"
+      ]
+    );
+
+  # The script itself runs in scripts/eval-modules.sh, on real files.
+  "server: a secret key others can read or own stops the key unit, and the signer with it" =
+    expect.true "the key unit checks every key before publishing" (
+      lib.hasInfix "refuse_exposed_key" keygen.script
+      && lib.hasInfix "8#077" keygen.script
+    )
+    ++ expect.true "the signer needs the key unit, not only wants it" (
+      lib.elem "nixcache-keygen.service" sign.requires && lib.elem "nixcache-keygen.service" sign.after
+    );
+
+  "server: refuses a key file in a temporary directory" =
+    expect.refused (withClient { secretKeyFile = "/tmp/cache.secret"; }) [
+      "secretKeyFile = \"/tmp/cache.secret\""
+      "temporary"
+    ]
+    ++ expect.refused (withClient { extraSecretKeyFiles = [ "/var/tmp/old.secret" ]; }) [
+      "extraSecretKeyFiles"
+      "temporary"
+    ];
 
   "server: what it serves is kept from the garbage collector by its roots directory" =
     expect.true "roots directory" (lib.elem "d /nix/var/nix/gcroots/nixcache 0755 root root -" minimal.systemd.tmpfiles.rules);

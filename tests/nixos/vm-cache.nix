@@ -106,8 +106,13 @@ in
       '';
     };
 
-    # Same module, own key generated at boot, never registered.
-    outsider = clientNode;
+    # Same module, own key generated at boot, never registered. Under /root,
+    # in a directory that does not exist yet: the confined key unit may
+    # write there and nowhere else under /root.
+    outsider = {
+      imports = [ clientNode ];
+      services.nixcache.client.sshKeyFile = "/root/.ssh/nixcache/ssh_ed25519";
+    };
   };
 
   testScript =
@@ -115,6 +120,7 @@ in
     let
       srv = nodes.server.services.nixcache.server;
       cli = nodes.client.services.nixcache.client;
+      outsiderKey = nodes.outsider.services.nixcache.client.sshKeyFile;
       gcRoots = srv.gcRootsDir;
     in
     ''
@@ -170,6 +176,24 @@ in
           server.wait_for_unit("sshd.service")
           server.wait_for_open_port(22)
 
+      with subtest("the key units run confined"):
+          for unit in ["nixcache-keygen.service", "nixcache-sign.service"]:
+              for prop, want in [("ProtectSystem", "strict"), ("PrivateNetwork", "yes"), ("NoNewPrivileges", "yes"), ("CapabilityBoundingSet", "")]:
+                  got = server.succeed(f"systemctl show -P {prop} {unit}").strip()
+                  assert got == want, f"{unit} {prop}={got}"
+
+      with subtest("a secret key others can read stops the key unit, and the signer with it"):
+          server.succeed("chmod 0644 ${srv.secretKeyFile}")
+          server.fail("systemctl restart nixcache-keygen.service")
+          server.succeed("journalctl -u nixcache-keygen.service | grep -F ${lib.escapeShellArg "${srv.secretKeyFile} has mode 0644, so others can read or change it; refusing to use it"}")
+          out = server.fail("systemctl start nixcache-sign.service 2>&1")
+          assert "dependency" in out, out
+          # Made private again (no one read it in the test), it is used again.
+          server.succeed("chmod 0600 ${srv.secretKeyFile}")
+          server.succeed("systemctl restart nixcache-keygen.service")
+          server.succeed("systemctl start nixcache-sign.service")
+          server.succeed(f"test \"$(cat ${srv.publicKeyFile})\" = {shlex.quote(boot_key)}")
+
       with subtest("a path built on the server is signed"):
           # By the daemon, as it builds (secret-key-files): not yet published,
           # so the signer has not run for it.
@@ -204,6 +228,8 @@ in
 
       with subtest("the outsider is refused"):
           outsider.wait_for_unit("nixcache-client-key.service")
+          # Made where it was asked for, by the confined unit.
+          outsider.succeed("test \"$(stat -c '%a %U' ${outsiderKey})\" = '600 root'")
           pub = outsider.succeed("cat ${cli.sshPublicKeyFile}")
           server.fail(f"grep -qF {shlex.quote(pub.split()[1])} {authorized_keys}")
           status, out = outsider.execute("ssh ${cli.user}@${cli.host} true < /dev/null 2>&1")
