@@ -47,3 +47,34 @@ func TestWriteSecretKeyFile(t *testing.T) {
 		t.Fatalf("read back: loose=%v err=%v", loose, err)
 	}
 }
+
+// The public key file is checked again after the secret key is written: a
+// directory symlink that did not resolve before may resolve to the secret
+// key's directory once it is made.
+func TestWriteKeyPairNeverDestroysAKey(t *testing.T) {
+	k, _ := Generate("pair-1")
+	dir := t.TempDir()
+
+	secret := filepath.Join(dir, "new", "key")
+	if err := os.Symlink("new", filepath.Join(dir, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	err := WriteKeyPair(secret, filepath.Join(dir, "alias", "key"), k, true)
+	var notPublic *NotPublicKeyError
+	if !errors.As(err, &notPublic) || !notPublic.Secret {
+		t.Fatalf("public key file through a dangling directory symlink: %v", err)
+	}
+	if got, _, err := ReadSecretKeyFile(secret); err != nil || got.Text() != k.Text() {
+		t.Fatalf("the secret key did not survive: %v", err)
+	}
+
+	// A hard link is the same file under another name.
+	link := filepath.Join(dir, "hard")
+	if err := os.Link(secret, link); err != nil {
+		t.Fatal(err)
+	}
+	var same *SameFileError
+	if err := WriteKeyPair(secret, link, k, true); !errors.As(err, &same) {
+		t.Fatalf("a hard link to the secret key: %v", err)
+	}
+}
