@@ -237,7 +237,12 @@ in
         ssh-keygen -y -f "$KEY" > "$PUBLIC.tmp"
         chmod 0644 "$PUBLIC.tmp"
         mv "$PUBLIC.tmp" "$PUBLIC"
-        echo "the cache's admin registers this machine with: nixcache clients add $NAME --key '$(cat "$PUBLIC")'"
+        # The admin pastes this line into a shell: only words that cannot
+        # need quoting (the host name NixOS checked, the key type and
+        # base64 ssh-keygen wrote) and join's fixed comment, never the key
+        # file's own comment.
+        read -r type blob _ < "$PUBLIC"
+        echo "the cache's admin registers this machine with: nixcache clients add '$NAME' --key '$type $blob nixcache@$NAME'"
       '';
       serviceConfig = common.confinedRoot // {
         Type = "oneshot";

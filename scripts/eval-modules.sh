@@ -176,6 +176,20 @@ chmod 0600 "$keys/ssh_ed25519"
 accepted "the ssh key made private again" clientKey "${client[@]}"
 echo "passed: the key units refuse keys others can read, and publish nothing"
 
+# The client's key unit prints a line for the cache's admin to paste. A key
+# installed by hand may carry any comment: the line must not.
+rm "$keys/ssh_ed25519" "$keys/ssh_ed25519.pub"
+ssh-keygen -q -t ed25519 -N '' -C "x'; touch $tmp/pasted; echo '" -f "$keys/ssh_ed25519"
+accepted "a key with a hostile comment" clientKey "${client[@]}"
+line=$(sed -n "s/^the cache's admin registers this machine with: //p" "$tmp/clientKey.out")
+words=$(cd "$tmp" && sh -c "nixcache() { printf '%s\n' \"\$@\"; }; $line")
+want=$(printf '%s\n' clients add eval --key "$(cut -d' ' -f1,2 "$keys/ssh_ed25519.pub") nixcache@eval")
+if [ -e "$tmp/pasted" ] || [ "$words" != "$want" ]; then
+  echo "the client's line for the admin runs more than nixcache clients add, or other words: $line" >&2
+  exit 1
+fi
+echo "passed: the client's line for the admin is nixcache clients add, whatever the key's comment"
+
 # Another owner needs root to make.
 if [ "$(id -u)" = 0 ]; then
   chown 65534 "$keys/secret-key" "$keys/ssh_ed25519"
