@@ -171,7 +171,11 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.addSSHFile(dir.Managed(), managed, dir.RenderManaged(sshconf.WithCache(caches, p.Cache)), 0o644, false)
+	rendered, err := dir.RenderManaged(sshconf.WithCache(caches, p.Cache))
+	if err != nil {
+		return nil, err
+	}
+	p.addSSHFile(dir.Managed(), managed, rendered, 0o644, false)
 	user, err := readFile(dir.UserConfig())
 	if err != nil {
 		return nil, err

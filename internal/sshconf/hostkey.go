@@ -1,7 +1,6 @@
 package sshconf
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -220,13 +219,12 @@ func Pin(existing []byte, t Target, key ssh.PublicKey) []byte {
 }
 
 // lines splits a file into lines without their endings; a missing final
-// newline does not add an empty line.
+// newline does not add an empty line. Unlike a bufio.Scanner it has no line
+// length limit, past which a rewrite would silently drop the rest.
 func lines(data []byte) []string {
-	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		out = append(out, sc.Text())
+	s := strings.TrimSuffix(string(data), "\n")
+	if s == "" {
+		return nil
 	}
-	return out
+	return strings.Split(s, "\n")
 }

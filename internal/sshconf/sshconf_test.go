@@ -60,10 +60,8 @@ func TestMaxConnectionsSafe(t *testing.T) {
 // port, key and pinned host key; root's other ssh use of the host does not.
 func TestManagedConfigAsSSHReadsIt(t *testing.T) {
 	d := Dir(t.TempDir())
-	c := Cache{URL: "ssh-ng://nix-ssh@cache.example.org", Target: Target{"nix-ssh", "cache.example.org", 2222}, PublicKey: "cache-1:AAAA"}
-	if err := os.WriteFile(d.Managed(), d.RenderManaged([]Cache{c}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c := Cache{URL: "ssh-ng://nix-ssh@cache.example.org", Target: Target{"nix-ssh", "cache.example.org", 2222}, PublicKey: testNixKey}
+	writeManaged(t, d, c)
 	userConf := "Host *\n  Port 2200\n  IdentityFile ~/.ssh/other\n"
 	if err := os.WriteFile(d.UserConfig(), d.EnsureInclude([]byte(userConf)), 0o600); err != nil {
 		t.Fatal(err)
@@ -207,4 +205,101 @@ func newKey(t *testing.T) ssh.PublicKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// testNixKey is a Nix public key (32 zero bytes).
+const testNixKey = "cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+func writeManaged(t *testing.T, d Dir, caches ...Cache) {
+	t.Helper()
+	data, err := d.RenderManaged(caches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.Managed(), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A managed file is read exactly as RenderManaged writes it: fields split at
+// ASCII spaces and tabs only, and every part valid. Anything else is
+// refused with the file and the line, and a way out that is not "join
+// again" (join cannot rewrite a file it cannot read).
+func TestReadManagedRefusesWhatItDidNotWrite(t *testing.T) {
+	record := func(url, port, key string) string {
+		return managedHeader + "\n# cache " + url + " port " + port + " key " + key + "\nMatch originalhost cache user nix-ssh\n"
+	}
+	good := record("ssh-ng://nix-ssh@cache", "2222", testNixKey)
+	d := Dir(t.TempDir())
+	if err := os.WriteFile(d.Managed(), []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.ReadManaged(); err != nil || len(got) != 1 || got[0].Target.Port != 2222 {
+		t.Fatalf("a record as join writes it: %+v, %v", got, err)
+	}
+	for what, text := range map[string]string{
+		"no-break space between fields": strings.Replace(good, "# cache ssh-ng", "# cache\u00a0ssh-ng", 1),
+		"vertical tab in the key":       record("ssh-ng://nix-ssh@cache", "22", "cache\v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+		"not a key":                     record("ssh-ng://nix-ssh@cache", "22", "cache-1:AAAA"),
+		"a secret key":                  record("ssh-ng://nix-ssh@cache", "22", "cache-1:"+strings.Repeat("A", 86)+"=="),
+		"port with a sign":              record("ssh-ng://nix-ssh@cache", "+22", testNixKey),
+		"port out of range":             record("ssh-ng://nix-ssh@cache", "0", testNixKey),
+		"an option for a user":          record("ssh-ng://-oProxyCommand=x@cache", "22", testNixKey),
+		"not as join writes the URL":    record("ssh-ng://nix-ssh@cache:22", "22", testNixKey),
+		"CRLF":                          strings.ReplaceAll(good, "\n", "\r\n"),
+		"invalid UTF-8":                 strings.Replace(good, "cache", "cache\xff", 1),
+	} {
+		if err := os.WriteFile(d.Managed(), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.ReadManaged()
+		if err == nil {
+			t.Errorf("%s: read as %+v", what, got)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, d.Managed()) || !strings.Contains(msg, " line ") || !strings.Contains(msg, "move it away") {
+			t.Errorf("%s: %v, want the file, the line and a way out", what, err)
+		}
+	}
+}
+
+// Join never writes a record it could not read back: a key whose name
+// holds a character ReadManaged would split or refuse is refused at once,
+// instead of making every later join and doctor fail on the file.
+func TestRenderManagedRefusesWhatItCannotReadBack(t *testing.T) {
+	d := Dir(t.TempDir())
+	for _, key := range []string{"cache\v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "cache\u00a01:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "cache-1:AAAA"} {
+		c := Cache{URL: "ssh-ng://nix-ssh@cache", Target: Target{"nix-ssh", "cache", 22}, PublicKey: key}
+		if data, err := d.RenderManaged([]Cache{c}); err == nil {
+			t.Errorf("rendered a record for key %q:\n%s", key, data)
+		}
+	}
+}
+
+// An ssh directory with blanks reaches ssh as it is; one with characters
+// ssh would read as something else is refused.
+func TestManagedPathsAsSSHReadsThem(t *testing.T) {
+	for _, bad := range []string{`a"b`, "a'b", `a\b`, "#a", "a%h", "~a", "a*", "a?", "a[b]", "a\nProxyCommand x"} {
+		c := Cache{URL: "ssh-ng://nix-ssh@cache", Target: Target{"nix-ssh", "cache", 22}, PublicKey: testNixKey}
+		if _, err := Dir("/tmp/" + bad).RenderManaged([]Cache{c}); err == nil {
+			t.Errorf("rendered a configuration for ssh directory %q", bad)
+		}
+	}
+	d := Dir(filepath.Join(t.TempDir(), "a  b"))
+	if err := os.MkdirAll(string(d), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeManaged(t, d, Cache{URL: "ssh-ng://nix-ssh@cache", Target: Target{"nix-ssh", "cache", 22}, PublicKey: testNixKey})
+	if err := os.WriteFile(d.UserConfig(), d.EnsureInclude(nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ssh", "-G", "-F", d.UserConfig(), "nix-ssh@cache").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh -G: %v\n%s", err, out)
+	}
+	for _, want := range []string{"identityfile " + d.KeyFile() + "\n", "userknownhostsfile " + d.KnownHosts() + "\n"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ssh -G lacks %q:\n%s", want, out)
+		}
+	}
 }
