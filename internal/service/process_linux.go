@@ -234,18 +234,9 @@ func (p *process) started() (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	// The command name may contain spaces; fields resume after its ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", p.pid)
-	}
-	fs := strings.Fields(string(stat[i+1:]))
-	if len(fs) < 20 {
-		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", p.pid)
-	}
-	ticks, err := strconv.ParseUint(fs[19], 10, 64) // field 22, starttime
+	ticks, err := startTicks(stat)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, fmt.Errorf("/proc/%d/stat: %w", p.pid, err)
 	}
 	up, err := os.ReadFile("/proc/uptime")
 	if err != nil {
@@ -257,6 +248,21 @@ func (p *process) started() (time.Time, error) {
 	}
 	boot := time.Now().Add(-time.Duration(uptime * float64(time.Second)))
 	return boot.Add(time.Duration(ticks) * time.Second / clockTick), nil
+}
+
+// startTicks is the start time field of a /proc/PID/stat line. The command
+// name before it is the process's own choice, spaces, parentheses and
+// line breaks included; the fields resume after its last ')'.
+func startTicks(stat []byte) (uint64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected format")
+	}
+	fs := strings.Fields(string(stat[i+1:]))
+	if len(fs) < 20 {
+		return 0, errors.New("unexpected format")
+	}
+	return strconv.ParseUint(fs[19], 10, 64) // field 22, starttime
 }
 
 func (p *process) environ() (map[string]string, error) {
