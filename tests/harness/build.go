@@ -55,6 +55,13 @@ func (e *Env) closureExpr() string { return filepath.Join(e.Dir, "closure.nix") 
 // every user may read, and returns its path.
 func (e *Env) BuildNixcache() (string, error) { return BuildNixcache(e.Dir) }
 
+// Nixcache is the nixcache command built once for the Env (the dispatcher
+// sshd runs for the Nixcache protocol).
+func (e *Env) Nixcache() (string, error) {
+	e.nixcacheOnce.Do(func() { e.nixcache, e.nixcacheErr = e.BuildNixcache() })
+	return e.nixcache, e.nixcacheErr
+}
+
 // BuildNixcache builds the nixcache command into dir and returns its path,
 // for tests that need no Env.
 func BuildNixcache(dir string) (string, error) {

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,7 +46,10 @@ type Env struct {
 	// Home is HOME for every command, so nothing is written to /root.
 	Home string
 
-	daemon *process
+	daemon       *process
+	nixcache     string
+	nixcacheOnce sync.Once
+	nixcacheErr  error
 	// ownroot starts the daemons and the client stores' Nix commands
 	// (tests/harness/ownroot).
 	ownroot string

@@ -24,6 +24,10 @@ const (
 	SSH Protocol = "ssh"
 	// SSHNG is the worker protocol over SSH: ForceCommand nix-daemon --stdio.
 	SSHNG Protocol = "ssh-ng"
+	// Nixcache is nixcache's own: ForceCommand nixcache serve, which knows
+	// the client from ExposeAuthInfo and the server's Registry, and serves
+	// the binary-cache channel and, read-only, nix-store --serve.
+	Nixcache Protocol = "nixcache"
 )
 
 // CacheUser is the account clients log in as, as on NixOS.
@@ -43,18 +47,25 @@ type Server struct {
 }
 
 // forceCommand is what nixpkgs' nix-ssh-serve.nix generates for protocol,
-// with read-only serving (no --write).
-func forceCommand(p Protocol) (string, error) {
-	name, arg := "nix-store", "--serve"
-	if p == SSHNG {
-		name, arg = "nix-daemon", "--stdio"
-	}
-	path, err := exec.LookPath(name)
+// with read-only serving (no --write), or nixcache's dispatcher.
+func (s *Server) forceCommand() (string, error) {
+	nixStore, err := exec.LookPath("nix-store")
 	if err != nil {
 		return "", err
 	}
-	return path + " " + arg, nil
+	switch s.Protocol {
+	case SSHNG:
+		nixDaemon, err := exec.LookPath("nix-daemon")
+		return nixDaemon + " --stdio", err
+	case Nixcache:
+		nixcache, err := s.env.Nixcache()
+		return fmt.Sprintf("%s serve --registry %s --nix-store %s", nixcache, s.Registry(), nixStore), err
+	}
+	return nixStore + " --serve", nil
 }
+
+// Registry is the clients registry the Nixcache protocol's dispatcher reads.
+func (s *Server) Registry() string { return filepath.Join(s.Dir, "clients.toml") }
 
 // StartServer starts sshd for a cache served with protocol p. No client is
 // authorized until Authorize is called.
@@ -117,7 +128,7 @@ func (s *Server) ReplaceHostKey() error {
 }
 
 func (s *Server) start(e *Env, hostKey string) error {
-	force, err := forceCommand(s.Protocol)
+	force, err := s.forceCommand()
 	if err != nil {
 		return err
 	}
@@ -149,9 +160,10 @@ Match User %s
   PermitTTY no
   PermitTunnel no
   X11Forwarding no
+  ExposeAuthInfo %s
   ForceCommand %s
 Match All
-`, s.Port, hostKey, s.Dir, CacheUser, e.Socket, CacheUser, force)
+`, s.Port, hostKey, s.Dir, CacheUser, e.Socket, CacheUser, map[bool]string{true: "yes", false: "no"}[s.Protocol == Nixcache], force)
 	cfgPath := filepath.Join(s.Dir, "sshd_config")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
