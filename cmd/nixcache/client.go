@@ -24,7 +24,7 @@ func clientCommand(ui *ui) *cli.Command {
 		Usage: "join this machine to a cache, and diagnose it",
 		Description: `Run on a client machine, as root. 'join' sets up the Nix daemon to substitute
 from a cache over SSH; 'doctor' checks that it does.`,
-		Subcommands: []*cli.Command{joinCommand(ui), doctorCommand(ui)},
+		Subcommands: []*cli.Command{joinCommand(ui), doctorCommand(ui), substituterCommand(ui)},
 	}
 }
 

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nixcache/nixcache/internal/sshconf"
+	"github.com/nixcache/nixcache/internal/substituter"
+)
+
+// defaultListen is where the substituter listens unless told otherwise:
+// loopback only, a port of its own.
+const defaultListen = "127.0.0.1:37515"
+
+func substituterCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "substituter",
+		Usage:     "serve the cache to the local Nix as an HTTP binary cache, over one SSH connection",
+		UsageText: "nixcache client substituter [--cache ssh://USER@HOST[:PORT]] [--listen 127.0.0.1:PORT] [--channels N] [--server-max-sessions N] [--spool-dir DIR] [--spool-bytes SIZE] [--positive-ttl DURATION] [--negative-ttl DURATION] [--ssh-dir DIR]",
+		Description: `Runs until stopped, as root (it uses the daemon's ssh key): listens on
+loopback and answers Nix's binary-cache HTTP API from the cache, over one SSH
+connection to the cache account made with the files 'nixcache client join'
+left in root's ssh directory: the daemon's key, and the cache's pinned host
+key, the only one ever accepted. Many requests share the connection, each on
+its own channel, so a closure substitutes as fast as from an HTTP cache
+instead of at two round trips per path. Point Nix at it in nix.conf:
+
+   substituters = http://127.0.0.1:37515
+   trusted-public-keys = <the cache's key, as join added it>
+
+The cache must run 'nixcache serve' as the account's forced command.
+
+What it adds to plain forwarding:
+
+  - narinfo answers are kept in memory for --positive-ttl (found) and
+    --negative-ttl (not found), Nix's own defaults;
+  - when Nix asks for a path's narinfo it lacks the path: the narinfos of
+    its closure are fetched at once, and its NAR into a spool on disk
+    (--spool-dir, at most --spool-bytes in all; a bigger NAR is only
+    streamed when Nix asks). NARs are never held in memory whole;
+  - while the cache cannot be reached, Nix is answered at once so that it
+    builds instead (fallback), and the connection is made again in the
+    background, backing off up to 30s. State changes go to standard error.
+
+--channels is how many requests may be in flight at once; sshd refuses more
+sessions per connection than its MaxSessions (default 10), so --channels may
+not exceed --server-max-sessions.
+
+EXAMPLES:
+   nixcache client substituter
+   nixcache client substituter --cache ssh://nix-ssh@cache.example.org:2222 \
+     --listen 127.0.0.1:8080 --spool-bytes 4G`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "cache", Usage: "the cache's `URL`, ssh://USER@HOST[:PORT] (default: the one cache joined)"},
+			&cli.StringFlag{Name: "listen", Value: defaultListen, Usage: "serve Nix on `ADDR`, a loopback address and port"},
+			&cli.IntFlag{Name: "channels", Value: substituter.DefaultChannels, Usage: "open at most `N` channels on the connection at once"},
+			&cli.IntFlag{Name: "server-max-sessions", Value: 10, Usage: "the cache's sshd MaxSessions, `N`, which --channels may not exceed"},
+			&cli.StringFlag{Name: "spool-dir", Usage: "prefetch NARs under `DIR` (default: $TMPDIR, else /tmp)"},
+			&cli.StringFlag{Name: "spool-bytes", Value: "1G", Usage: "hold at most `SIZE` of prefetched NARs (K, M, G suffixes; 0: prefetch none)"},
+			&cli.DurationFlag{Name: "positive-ttl", Value: substituter.DefaultPositiveTTL, Usage: "keep narinfos found for `DURATION`"},
+			&cli.DurationFlag{Name: "negative-ttl", Value: substituter.DefaultNegativeTTL, Usage: "remember paths not found for `DURATION`"},
+			&cli.StringFlag{Name: "ssh-dir", Usage: "root's ssh `DIR`, where join left the key and host key (default: " + string(sshconf.DefaultDir()) + ")"},
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			opt, listen, err := substituterOptions(c)
+			if err != nil {
+				return err
+			}
+			dir := sshconf.Dir(c.String("ssh-dir"))
+			if dir == "" {
+				dir = sshconf.DefaultDir()
+			}
+			target, err := substituterTarget(c.String("cache"), dir)
+			if err != nil {
+				return err
+			}
+			return runSubstituter(c.Context, ui, dir, target, listen, opt)
+		},
+	}
+}
+
+func substituterOptions(c *cli.Context) (substituter.Options, string, error) {
+	var opt substituter.Options
+	if c.NArg() > 0 {
+		return opt, "", errUsage{fmt.Errorf("substituter takes no arguments, got %q", c.Args().First())}
+	}
+	listen := c.String("listen")
+	if err := loopbackOnly(listen); err != nil {
+		return opt, "", errUsage{err}
+	}
+	maxSessions := c.Int("server-max-sessions")
+	opt.Channels = c.Int("channels")
+	if maxSessions < 1 {
+		return opt, "", errUsage{fmt.Errorf("--server-max-sessions must be at least 1, got %d", maxSessions)}
+	}
+	if opt.Channels < 1 || opt.Channels > maxSessions {
+		return opt, "", errUsage{withHint(fmt.Errorf("--channels must be between 1 and %d (--server-max-sessions), got %d", maxSessions, opt.Channels),
+			"sshd refuses more sessions on one connection than its MaxSessions; if the cache's sshd allows more, say so with --server-max-sessions")}
+	}
+	spool, err := parseSize(c.String("spool-bytes"))
+	if err != nil {
+		return opt, "", errUsage{fmt.Errorf("--spool-bytes: %w", err)}
+	}
+	opt.SpoolBytes = spool
+	if spool == 0 {
+		opt.SpoolBytes = -1
+	}
+	opt.SpoolDir = c.String("spool-dir")
+	opt.PositiveTTL, opt.NegativeTTL = c.Duration("positive-ttl"), c.Duration("negative-ttl")
+	if opt.PositiveTTL < 0 || opt.NegativeTTL < 0 {
+		return opt, "", errUsage{errors.New("--positive-ttl and --negative-ttl cannot be negative")}
+	}
+	return opt, listen, nil
+}
+
+// loopbackOnly refuses an address other machines could reach: the
+// substituter serves whatever the cache lets this machine's key fetch.
+func loopbackOnly(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--listen %q is not HOST:PORT", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("--listen %q: bad port", addr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return withHint(fmt.Errorf("--listen %q is not a loopback address", addr),
+			"the substituter serves this machine only: listen on 127.0.0.1 or [::1]")
+	}
+	return nil
+}
+
+// parseSize reads a byte count with an optional K, M or G (powers of 1024).
+func parseSize(s string) (int64, error) {
+	shift := 0
+	switch {
+	case strings.HasSuffix(s, "K"):
+		shift = 10
+	case strings.HasSuffix(s, "M"):
+		shift = 20
+	case strings.HasSuffix(s, "G"):
+		shift = 30
+	}
+	if shift > 0 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, errors.New("give a size in bytes, such as 1073741824 or 1G")
+	}
+	return n << shift, nil
+}
+
+// substituterTarget is the cache account to connect to: given, with the
+// port join recorded when none is given, or else the one cache joined.
+func substituterTarget(cache string, dir sshconf.Dir) (sshconf.Target, error) {
+	joined, err := dir.ReadManaged()
+	if err != nil {
+		return sshconf.Target{}, err
+	}
+	if cache == "" {
+		switch len(joined) {
+		case 1:
+			return joined[0].Target, nil
+		case 0:
+			return sshconf.Target{}, withHint(fmt.Errorf("no cache joined (nothing in %q)", dir.Managed()),
+				"run 'nixcache client join' first, or give --cache")
+		}
+		return sshconf.Target{}, errUsage{withHint(errors.New("more than one cache is joined"), "say which with --cache")}
+	}
+	u, err := sshconf.ParseURL(cache)
+	if err != nil {
+		return sshconf.Target{}, errUsage{err}
+	}
+	if u.Scheme != "ssh" {
+		return sshconf.Target{}, errUsage{fmt.Errorf("--cache %q: give it as ssh://USER@HOST[:PORT]; the substituter speaks its own protocol over ssh", cache)}
+	}
+	if raw, err := url.Parse(cache); err == nil && raw.Port() == "" {
+		for _, j := range joined {
+			if j.Target.User == u.Target.User && j.Target.Host == u.Target.Host {
+				u.Target.Port = j.Target.Port
+			}
+		}
+	}
+	return u.Target, nil
+}
+
+func runSubstituter(ctx context.Context, ui *ui, dir sshconf.Dir, target sshconf.Target, listen string, opt substituter.Options) error {
+	signer, err := substituter.ReadSigner(dir.KeyFile())
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return withHint(err, "run 'nixcache client join' first: it makes the daemon's key")
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			return withHint(err, "run it as root: the key is the Nix daemon's")
+		}
+		return err
+	}
+	logf := func(format string, args ...any) { ui.notef("substituter: "+format, args...) }
+	opt.Logf = logf
+	up, err := substituter.NewUpstream(substituter.UpstreamConfig{Target: target, Signer: signer, KnownHosts: dir.KnownHosts(), Logf: logf})
+	if err != nil {
+		return substituterError(err, target, dir)
+	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return withHint(err, "choose another port with --listen")
+	}
+	defer l.Close()
+	if err := up.Connect(ctx); err != nil {
+		return substituterError(err, target, dir)
+	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go up.Run(ctx)
+	srv, err := substituter.NewServer(up, opt)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(l) }()
+	logf("serving %s on http://%s (substituters = http://%s in nix.conf)", target, l.Addr(), l.Addr())
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hs.Shutdown(shutdown)
+	return nil
+}
+
+// substituterError adds what to do to the errors that stop the substituter.
+func substituterError(err error, target sshconf.Target, dir sshconf.Dir) error {
+	var hk *substituter.HostKeyError
+	var auth *substituter.AuthError
+	switch {
+	case errors.As(err, &hk) && hk.Mismatch:
+		return withHint(err, "nothing was sent to the server",
+			"if its host key really changed, confirm the new fingerprint with the cache's admin",
+			fmt.Sprintf("then delete the line for %s from %q and run 'nixcache client join' again", target.KnownHostsName(), dir.KnownHosts()))
+	case errors.As(err, &hk):
+		return withHint(err, "run 'nixcache client join' first: it pins the cache's host key, which is the only one accepted")
+	case errors.As(err, &auth):
+		return withHint(err, fmt.Sprintf("ask the cache's admin to add this machine: the key's public line is in %q", dir.KeyFile()+".pub"))
+	}
+	return err
+}

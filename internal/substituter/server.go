@@ -1,0 +1,466 @@
+package substituter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Options tune a Server; the zero value of each field means its default.
+type Options struct {
+	// Channels is how many channels may be open on the connection at
+	// once; sshd's MaxSessions (default 10) bounds it.
+	Channels int
+	// SpoolDir is where the spool's private directory is made.
+	SpoolDir string
+	// SpoolBytes bounds the NARs on disk at once; a NAR bigger than
+	// what is left is not prefetched. Negative: no prefetching of NARs.
+	SpoolBytes int64
+	// PositiveTTL and NegativeTTL are how long narinfo answers are kept,
+	// as Nix's narinfo-cache-positive-ttl and narinfo-cache-negative-ttl.
+	PositiveTTL, NegativeTTL time.Duration
+	// Logf reports what Nix is not told: connection changes and errors.
+	Logf func(format string, args ...any)
+}
+
+// Defaults.
+const (
+	DefaultChannels   = 8
+	DefaultSpoolBytes = 1 << 30
+	// narinfoCacheBytes bounds the memory narinfo answers take: some
+	// 20,000 narinfos, a large closure's worth.
+	narinfoCacheBytes = 16 << 20
+	// narinfoTimeout bounds a narinfo request to the cache. Past it Nix
+	// is told the path is not there, and builds.
+	narinfoTimeout = 10 * time.Second
+	// prefetchQueue bounds the work waiting to be prefetched; beyond it,
+	// requests are not prefetched (Nix asks for them itself).
+	prefetchQueue = 4096
+	// narinfoPrefetchers fetch closures' narinfos at once.
+	narinfoPrefetchers = 4
+)
+
+// Server answers Nix's binary-cache requests from the cache behind
+// Upstream. Make it with NewServer, serve it with http.Serve, and Close it.
+type Server struct {
+	up       *Upstream
+	client   *http.Client
+	opt      Options
+	narinfos *narinfoCache
+	spool    *spool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	workers  sync.WaitGroup
+
+	mu        sync.Mutex
+	cacheInfo []byte
+	calls     map[string]*narinfoCall
+	// seen holds the NARs already prefetched or asked for, so that each
+	// is fetched ahead once; it is cleared when it grows too large.
+	seen map[string]bool
+
+	narinfoQueue chan string
+	narQueue     chan narinfoFacts
+}
+
+type narinfoCall struct {
+	done chan struct{}
+	body []byte
+	err  error
+}
+
+// NewServer makes a Server over up; it starts the prefetchers, which stop
+// at Close.
+func NewServer(up *Upstream, opt Options) (*Server, error) {
+	if opt.Channels == 0 {
+		opt.Channels = DefaultChannels
+	}
+	if opt.SpoolBytes == 0 {
+		opt.SpoolBytes = DefaultSpoolBytes
+	}
+	if opt.SpoolDir == "" {
+		opt.SpoolDir = os.TempDir()
+	}
+	if opt.PositiveTTL == 0 {
+		opt.PositiveTTL = DefaultPositiveTTL
+	}
+	if opt.NegativeTTL == 0 {
+		opt.NegativeTTL = DefaultNegativeTTL
+	}
+	if opt.Logf == nil {
+		opt.Logf = func(string, ...any) {}
+	}
+	transport := &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return up.openChannel(ctx) },
+		MaxConnsPerHost:     opt.Channels,
+		MaxIdleConnsPerHost: opt.Channels,
+		IdleConnTimeout:     time.Minute,
+		// NARs pass through as the cache sends them; gzip would only
+		// cost CPU on both ends of a link ssh already encrypts.
+		DisableCompression:    true,
+		ResponseHeaderTimeout: 30 * time.Second,
+	}
+	s := &Server{
+		up:           up,
+		client:       &http.Client{Transport: transport},
+		opt:          opt,
+		narinfos:     newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
+		calls:        map[string]*narinfoCall{},
+		seen:         map[string]bool{},
+		narinfoQueue: make(chan string, prefetchQueue),
+		narQueue:     make(chan narinfoFacts, prefetchQueue),
+	}
+	if opt.SpoolBytes > 0 {
+		dir, err := spoolDir(opt.SpoolDir)
+		if err != nil {
+			return nil, fmt.Errorf("making the spool directory: %w", err)
+		}
+		s.spool = newSpool(dir, opt.SpoolBytes)
+	}
+	up.mu.Lock()
+	up.onUp = transport.CloseIdleConnections
+	up.mu.Unlock()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for range narinfoPrefetchers {
+		s.goWork(s.prefetchNarinfos)
+	}
+	if s.spool != nil {
+		// Half the channels at most, so that Nix's own requests always
+		// find one.
+		for range max(1, opt.Channels/2) {
+			s.goWork(s.prefetchNARs)
+		}
+	}
+	return s, nil
+}
+
+func (s *Server) goWork(f func()) {
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		f()
+	}()
+}
+
+// Close stops the prefetchers and deletes the spool.
+func (s *Server) Close() error {
+	s.cancel()
+	s.workers.Wait()
+	s.client.CloseIdleConnections()
+	if s.spool != nil {
+		return os.RemoveAll(s.spool.dir)
+	}
+	return nil
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	req, ok := parseRequest(r.URL.Path)
+	if !ok || r.URL.RawQuery != "" {
+		http.NotFound(w, r)
+		return
+	}
+	switch req.kind {
+	case cacheInfo:
+		s.serveCacheInfo(w, r)
+	case narInfo:
+		s.serveNarinfo(w, r, req.name)
+	case nar:
+		s.serveNAR(w, r, req)
+	}
+}
+
+func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	body := s.cacheInfo
+	s.mu.Unlock()
+	if body == nil {
+		var err error
+		body, err = s.fetchSmall(r.Context(), request{kind: cacheInfo}.upstreamPath())
+		if err == nil && body == nil {
+			err = errors.New("the cache has no nix-cache-info")
+		}
+		if err != nil {
+			unreachable(w, err.Error())
+			return
+		}
+		s.mu.Lock()
+		s.cacheInfo = body
+		s.mu.Unlock()
+	}
+	reply(w, r, "text/x-nix-cache-info", body)
+}
+
+func (s *Server) serveNarinfo(w http.ResponseWriter, r *http.Request, hash string) {
+	if !s.up.Up() {
+		// Even a narinfo in memory: its NAR could not be fetched.
+		missing(w)
+		return
+	}
+	body, err := s.narinfo(hash)
+	if err != nil {
+		if !errors.Is(err, ErrDown) {
+			s.opt.Logf("narinfo %s: %v", hash, err)
+		}
+		missing(w)
+		return
+	}
+	if body == nil {
+		http.NotFound(w, r)
+		return
+	}
+	reply(w, r, "text/x-nix-narinfo", body)
+	if r.Method == http.MethodGet {
+		// Nix asks for the narinfo of a path it lacks (a HEAD only asks
+		// whether the path is there): it will want its NAR, and the
+		// narinfos of its closure.
+		s.prefetch(parseNarinfo(body))
+	}
+}
+
+// narinfo is the cache's narinfo for hash, nil when it has none: from
+// memory when it is there, else from the cache, one request per hash
+// however many ask at once.
+func (s *Server) narinfo(hash string) ([]byte, error) {
+	if body, ok := s.narinfos.get(hash); ok {
+		return body, nil
+	}
+	if !s.up.Up() {
+		return nil, ErrDown
+	}
+	s.mu.Lock()
+	c, ok := s.calls[hash]
+	if !ok {
+		c = &narinfoCall{done: make(chan struct{})}
+		s.calls[hash] = c
+	}
+	s.mu.Unlock()
+	if ok {
+		<-c.done
+		return c.body, c.err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, narinfoTimeout)
+	c.body, c.err = s.fetchSmall(ctx, request{kind: narInfo, name: hash}.upstreamPath())
+	cancel()
+	if c.err == nil {
+		s.narinfos.put(hash, c.body)
+	}
+	s.mu.Lock()
+	delete(s.calls, hash)
+	s.mu.Unlock()
+	close(c.done)
+	return c.body, c.err
+}
+
+// fetchSmall GETs a small file from the cache: its content, or nil for a
+// 404.
+func (s *Server) fetchSmall(ctx context.Context, path string) ([]byte, error) {
+	resp, err := s.get(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("the cache answered %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNarinfo+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxNarinfo {
+		return nil, fmt.Errorf("the cache sent more than %d bytes", maxNarinfo)
+	}
+	return body, nil
+}
+
+func (s *Server) get(ctx context.Context, path string) (*http.Response, error) {
+	if !s.up.Up() {
+		return nil, ErrDown
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ChannelCommand+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return s.client.Do(req)
+}
+
+func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	s.markSeen(req.name)
+	if s.spool != nil {
+		e, body, err := s.spool.claim(req.name)
+		if err != nil {
+			s.opt.Logf("NAR %s from the spool: %v", req.name, err)
+		}
+		if e != nil {
+			defer body.Close()
+			streamNAR(w, body, e.size)
+			return
+		}
+	}
+	resp, err := s.get(r.Context(), req.upstreamPath())
+	if err != nil {
+		if !errors.Is(err, ErrDown) && r.Context().Err() == nil {
+			s.opt.Logf("NAR %s: %v", req.name, err)
+		}
+		http.Error(w, "nixcache substituter: the cache is unreachable", http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		streamNAR(w, resp.Body, resp.ContentLength)
+	case http.StatusNotFound:
+		http.NotFound(w, r)
+	default:
+		s.opt.Logf("NAR %s: the cache answered %s", req.name, resp.Status)
+		http.Error(w, "nixcache substituter: the cache answered "+resp.Status, http.StatusBadGateway)
+	}
+}
+
+// streamNAR copies a NAR to Nix through a fixed buffer: memory stays
+// bounded whatever its size. A NAR cut short ends the response short of
+// its Content-Length, which Nix sees as a failed download.
+func streamNAR(w http.ResponseWriter, body io.Reader, size int64) {
+	w.Header().Set("Content-Type", "application/x-nix-nar")
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	io.CopyBuffer(w, body, make([]byte, 64<<10))
+}
+
+func reply(w http.ResponseWriter, r *http.Request, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodGet {
+		w.Write(body)
+	}
+}
+
+// markSeen records that the NAR name was prefetched or asked for, and
+// reports whether it had been before.
+func (s *Server) markSeen(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen[name] {
+		return true
+	}
+	if len(s.seen) >= prefetchQueue*4 {
+		clear(s.seen)
+	}
+	s.seen[name] = true
+	return false
+}
+
+// prefetch queues the work a narinfo announces: the narinfos of the
+// path's references, and its NAR. A full queue drops work rather than
+// hold memory: Nix asks for what was not prefetched.
+func (s *Server) prefetch(f narinfoFacts) {
+	for _, ref := range f.refs {
+		select {
+		case s.narinfoQueue <- ref:
+		default:
+		}
+	}
+	if s.spool == nil || f.narFile == "" || f.size <= 0 || f.size > s.opt.SpoolBytes {
+		return
+	}
+	select {
+	case s.narQueue <- f:
+	default:
+	}
+}
+
+// prefetchNarinfos fetches queued narinfos into memory and queues their
+// references in turn: the closure, breadth first.
+func (s *Server) prefetchNarinfos() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case hash := <-s.narinfoQueue:
+			if _, ok := s.narinfos.get(hash); ok {
+				continue
+			}
+			body, err := s.narinfo(hash)
+			if err != nil || body == nil {
+				continue
+			}
+			for _, ref := range parseNarinfo(body).refs {
+				select {
+				case s.narinfoQueue <- ref:
+				default:
+				}
+			}
+		}
+	}
+}
+
+// prefetchNARs downloads queued NARs into the spool.
+func (s *Server) prefetchNARs() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case f := <-s.narQueue:
+			if s.markSeen(f.narFile) {
+				continue
+			}
+			s.prefetchNAR(f)
+		}
+	}
+}
+
+func (s *Server) prefetchNAR(f narinfoFacts) {
+	e, err := s.spool.reserve(f.narFile, f.size)
+	if err != nil {
+		s.opt.Logf("spool: %v", err)
+		return
+	}
+	if e == nil {
+		return
+	}
+	resp, err := s.get(s.ctx, request{kind: nar, name: f.narFile}.upstreamPath())
+	if err != nil {
+		s.spool.write(e, errReader{err})
+		return
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode != http.StatusOK:
+		err = fmt.Errorf("the cache answered %s", resp.Status)
+	case resp.ContentLength >= 0 && resp.ContentLength != f.size:
+		err = fmt.Errorf("the cache sent %d bytes, its narinfo says %d", resp.ContentLength, f.size)
+	}
+	if err != nil {
+		s.spool.write(e, errReader{err})
+		return
+	}
+	s.spool.write(e, resp.Body)
+}
+
+// errReader makes a failed download look like one that failed in the
+// middle, so that it ends the same way.
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }

@@ -1,0 +1,257 @@
+package substituter
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type fixture struct {
+	cache *cacheServer
+	up    *Upstream
+	srv   *Server
+	url   string
+	logs  *logs
+}
+
+type logs struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logs) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+func newFixture(t *testing.T, opt Options) *fixture {
+	t.Helper()
+	signer := newSigner(t)
+	f := &fixture{cache: newCacheServer(t, signer.PublicKey()), logs: &logs{}}
+	up, err := NewUpstream(UpstreamConfig{
+		Target: f.cache.target(), Signer: signer,
+		KnownHosts: pinFile(t, f.cache, f.cache.hostKey.PublicKey()), Logf: f.logs.logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := up.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go up.Run(ctx)
+	opt.SpoolDir = t.TempDir()
+	opt.Logf = f.logs.logf
+	srv, err := NewServer(up, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	f.up, f.srv, f.url = up, srv, hs.URL
+	return f
+}
+
+// get does what Nix does for one file and returns the status and body.
+func (f *fixture) get(t *testing.T, method, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("gave up waiting for %s", what)
+}
+
+func TestNarinfoAnswersAreCached(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: -1})
+	f.cache.addPath(1, 10)
+	for range 3 {
+		if code, body := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 || !strings.Contains(body, "StorePath: /nix/store/"+storeHash(1)) {
+			t.Fatalf("narinfo: %d %q", code, body)
+		}
+		if code, _ := f.get(t, "HEAD", "/"+storeHash(1)+".narinfo"); code != 200 {
+			t.Fatalf("HEAD narinfo: %d", code)
+		}
+		if code, _ := f.get(t, "GET", "/"+storeHash(2)+".narinfo"); code != 404 {
+			t.Fatalf("missing narinfo: %d", code)
+		}
+		if code, body := f.get(t, "GET", "/nix-cache-info"); code != 200 || !strings.Contains(body, "StoreDir: /nix/store") {
+			t.Fatalf("nix-cache-info: %d %q", code, body)
+		}
+	}
+	// One request each reached the cache: the rest were answered from
+	// memory, the 404 included.
+	for _, p := range []string{"GET /" + storeHash(1) + ".narinfo", "GET /" + storeHash(2) + ".narinfo", "GET /nix-cache-info"} {
+		if n := f.cache.files.count(p); n != 1 {
+			t.Errorf("%q reached the cache %d times, want 1: %q", p, n, f.cache.files.requests())
+		}
+	}
+}
+
+// Only the contract's three shapes of request reach the cache, rebuilt
+// from their names: nothing a local process sends can make the proxy ask
+// the cache for anything else.
+func TestOnlyContractPathsReachTheCache(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: -1})
+	f.cache.files.small["/secret"] = "do not serve"
+	for _, p := range []string{
+		"/secret",
+		"/../secret",
+		"/nar/../secret",
+		"/%2e%2e/secret",
+		"/" + storeHash(1) + ".narinfo?x=/secret",
+		"/nix-cache-info?/secret",
+		"/nar/" + storeHash(1) + ".nar",
+		"/nar/" + narName(1) + "/../../secret",
+		"/" + strings.Repeat("e", 32) + ".narinfo", // 'e' is not base 32
+		"//" + storeHash(1) + ".narinfo",
+		"/log/" + storeHash(1),
+		"/realisations/x.doi",
+	} {
+		code, body := f.get(t, "GET", p)
+		if code != 404 || strings.Contains(body, "do not serve") {
+			t.Errorf("GET %s: %d %q, want 404", p, code, body)
+		}
+	}
+	if code, _ := f.get(t, "POST", "/nix-cache-info"); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %d, want 405", code)
+	}
+	if got := f.cache.files.requests(); len(got) != 0 {
+		t.Errorf("the cache was asked %q", got)
+	}
+}
+
+// A narinfo request means Nix lacks the path: the narinfos of its closure
+// and its NAR are fetched before Nix asks, and the NAR is then served from
+// the spool and deleted.
+func TestPrefetch(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: 1 << 20})
+	// 1 -> 2 -> 3, and 1 -> 4; 5 is too big for the spool.
+	f.cache.addPath(3, 1000)
+	f.cache.addPath(2, 2000, 3, 2)
+	f.cache.addPath(4, 3000)
+	f.cache.addPath(1, 4000, 2, 4)
+	f.cache.addPath(5, 2<<20)
+	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
+		t.Fatal(code)
+	}
+	waitFor(t, "the closure's narinfos", func() bool {
+		return f.cache.files.count("GET /"+storeHash(3)+".narinfo") == 1 && f.cache.files.count("GET /"+storeHash(4)+".narinfo") == 1
+	})
+	waitFor(t, "the NAR in the spool", func() bool { return f.cache.files.count("GET /nar/"+narName(1)) == 1 })
+	// Nix now asks for the closure's narinfos and the NAR: none of it
+	// goes to the cache again.
+	for _, i := range []int{2, 3, 4} {
+		if code, _ := f.get(t, "GET", "/"+storeHash(i)+".narinfo"); code != 200 {
+			t.Fatalf("narinfo %d: %d", i, code)
+		}
+	}
+	code, body := f.get(t, "GET", "/nar/"+narName(1))
+	if code != 200 || len(body) != 4000 || !isPattern(body) {
+		t.Fatalf("NAR from the spool: %d, %d bytes", code, len(body))
+	}
+	if n := f.cache.files.count("GET /nar/" + narName(1)); n != 1 {
+		t.Errorf("the NAR was fetched %d times, want 1", n)
+	}
+	for _, i := range []int{2, 3, 4} {
+		if n := f.cache.files.count("GET /" + storeHash(i) + ".narinfo"); n != 1 {
+			t.Errorf("narinfo %d was fetched %d times, want 1", i, n)
+		}
+	}
+	// Served once, the NAR left the spool (a second request goes to the
+	// cache).
+	waitFor(t, "the NARs of 2, 3 and 4 to be spooled", func() bool { return f.srv.spool.usedBytes() == 2000+1000+3000 })
+	if code, body := f.get(t, "GET", "/nar/"+narName(1)); code != 200 || len(body) != 4000 {
+		t.Fatalf("NAR again: %d", code)
+	}
+	if n := f.cache.files.count("GET /nar/" + narName(1)); n != 2 {
+		t.Errorf("the NAR was fetched %d times, want 2", n)
+	}
+	// Too big for the spool: streamed when asked, never prefetched.
+	if code, _ := f.get(t, "GET", "/"+storeHash(5)+".narinfo"); code != 200 {
+		t.Fatal(code)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := f.cache.files.count("GET /nar/" + narName(5)); n != 0 {
+		t.Errorf("a NAR larger than the spool was prefetched")
+	}
+	if code, body := f.get(t, "GET", "/nar/"+narName(5)); code != 200 || len(body) != 2<<20 || !isPattern(body) {
+		t.Errorf("large NAR: %d, %d bytes", code, len(body))
+	}
+}
+
+func isPattern(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != byte(i%251) {
+			return false
+		}
+	}
+	return true
+}
+
+// While the cache is down every request is answered at once, in the way
+// that makes Nix build (see unreachable.go), and the connection comes back
+// by itself.
+func TestCacheDownAnswersAtOnce(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: -1})
+	f.cache.addPath(1, 10)
+	f.cache.stop()
+	waitFor(t, "the loss to be noticed", func() bool { return !f.up.Up() })
+	start := time.Now()
+	if code, _ := f.get(t, "GET", "/nix-cache-info"); code != http.StatusNotImplemented {
+		t.Errorf("nix-cache-info never fetched, cache down: %d, want 501", code)
+	}
+	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 404 {
+		t.Errorf("narinfo, cache down: %d, want 404", code)
+	}
+	if code, _ := f.get(t, "GET", "/nar/"+narName(1)); code != http.StatusBadGateway {
+		t.Errorf("NAR, cache down: %d, want 502", code)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("three answers took %s while the cache was down", d)
+	}
+	f.cache.restart()
+	waitFor(t, "the reconnection", f.up.Up)
+	// The 404 given while down was not remembered.
+	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
+		t.Errorf("narinfo after reconnecting: %d", code)
+	}
+	if !strings.Contains(f.logs.String(), "lost the connection") || !strings.Contains(f.logs.String(), "connected to the cache") {
+		t.Errorf("state changes not logged:\n%s", f.logs)
+	}
+}
