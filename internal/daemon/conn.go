@@ -38,9 +38,9 @@ const (
 	// strings the daemon sends, and a MiB is more than a screenful.
 	maxStringLen = 1 << 20
 	// maxReplyLen bounds the bytes read for one operation, log messages
-	// included. The largest reply is QueryAllValidPaths, about 64 bytes a
-	// path on the wire: 1 GiB lists 16 M paths, ten times a large build
-	// farm's store, and stops a peer that streams forever.
+	// included. The largest reply is QueryAllValidPaths, 60 to 100 bytes a
+	// path on the wire: 1 GiB lists over 10 M paths, more than the largest
+	// stores hold, and stops a peer that streams forever.
 	maxReplyLen = 1 << 30
 	// stringChunk is the most a string's announced length allocates before
 	// its bytes arrive; longer strings grow as they are read. Nearly every
