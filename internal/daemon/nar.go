@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"fmt"
 	"io"
+	"math"
 )
 
 // Operation codes for serving a binary cache, from Nix's worker-protocol.hh.
@@ -29,6 +31,9 @@ func (c *Conn) QueryPathFromHashPart(hash string) (string, error) {
 // it has from QueryPathInfo; exactly that many bytes are read, and the
 // connection stays usable.
 func (c *Conn) NarFromPath(path string, size uint64, w io.Writer) error {
+	if size > math.MaxInt64/2 {
+		return &ProtocolError{Msg: fmt.Sprintf("a NAR of %d bytes", size)}
+	}
 	return c.do(func(ew *errWriter) {
 		ew.uint(opNarFromPath)
 		ew.string(path)
