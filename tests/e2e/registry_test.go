@@ -4,13 +4,17 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -63,19 +67,13 @@ func TestRegistryGrantsAndRevokes(t *testing.T) {
 		if !regexp.MustCompile(`(?m)Remote: \S+:\d+: key options: command\r?$`).MatchString(r.Stderr) {
 			t.Fatalf("sshd did not report the key as restricted to its command; ssh -v said:\n%s", r.Stderr)
 		}
-		// No terminal...
-		r = a.SSH("-tt", "sh", "-c", "'echo "+marker+"'")
-		if strings.Contains(r.Stdout, marker) {
-			t.Fatalf("a shell ran on the cache account with a terminal: %q", r.Stdout)
-		}
-		if !strings.Contains(r.Stderr, "PTY allocation request failed") {
-			t.Errorf("sshd granted a terminal; ssh said %q", r.Stderr)
-		}
-		// ...and no forwarding.
-		r = a.SSH("-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9", "true")
-		if r.Err == nil || !strings.Contains(r.Stderr, "remote port forwarding failed") {
-			t.Errorf("sshd allowed a remote port forward: err=%v, ssh said %q", r.Err, r.Stderr)
-		}
+		// No terminal and no forwarding of any kind: here the rendered
+		// file alone says so; on the sshd with nixpkgs' Match block both do.
+		confined(t, a, sshd.server.Port)
+		m := newClient(t, c.server, c.publicKey)
+		clients(t, registry, "add", "--key", m.PublicKey, "client-m")
+		authorize(t, c.server, registry, proto)
+		confined(t, m, c.server.Port)
 
 		// The admin removes A and renders the file again: A is refused at
 		// once, B still substitutes.
@@ -219,5 +217,191 @@ func startSSHDWithoutMatchBlock(t *testing.T, s *harness.Server) *bareSSHD {
 			t.Fatalf("sshd did not answer within 20s:\n%s", bare.log())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// confined checks, against the real sshd on port, that a client's key gets
+// no terminal and no forwarding: remote (-R), local (-L), stdio (-W) or
+// agent (-A). Each is asked for as ssh asks, and the refusal is seen.
+func confined(t *testing.T, cl *harness.Client, port int) {
+	t.Helper()
+	marker := "shell-" + harness.Nonce()
+	r := cl.SSH("-tt", "sh", "-c", "'echo "+marker+"'")
+	if strings.Contains(r.Stdout, marker) {
+		t.Errorf("a shell ran on the cache account with a terminal: %q", r.Stdout)
+	}
+	if !strings.Contains(r.Stderr, "PTY allocation request failed") {
+		t.Errorf("sshd granted a terminal; ssh said %q", r.Stderr)
+	}
+
+	r = cl.SSH("-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9", "true")
+	if r.Err == nil || !strings.Contains(r.Stderr, "remote port forwarding failed") {
+		t.Errorf("sshd allowed a remote port forward (-R): err=%v, ssh said %q", r.Err, r.Stderr)
+	}
+
+	target, reached := forwardTarget(t)
+	r = cl.SSH("-W", target)
+	if r.Err == nil || !strings.Contains(r.Stderr, "administratively prohibited") || reached() {
+		t.Errorf("sshd allowed stdio forwarding (-W): err=%v, target reached=%v, ssh said %q", r.Err, reached(), r.Stderr)
+	}
+
+	local := fmt.Sprintf("127.0.0.1:%d", unusedPort(t))
+	fwd := sshInBackground(t, cl, nil, "-N", "-L", local+":"+target)
+	conn := dialWithin(t, "tcp", local)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	n, _ := conn.Read(make([]byte, 1))
+	conn.Close()
+	fwd.stop()
+	if n > 0 || reached() || !strings.Contains(fwd.stderr.String(), "administratively prohibited") {
+		t.Errorf("sshd allowed a local port forward (-L): target reached=%v, ssh said %q", reached(), fwd.stderr.String())
+	}
+
+	// Agent forwarding: ssh asks for it when it has an agent, and sshd,
+	// had it agreed, would put SSH_AUTH_SOCK in the session's environment.
+	agentSock := filepath.Join(t.TempDir(), "agent")
+	agent := exec.Command("ssh-agent", "-D", "-a", agentSock)
+	agent.Stdout, agent.Stderr = io.Discard, io.Discard
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { agent.Process.Kill(); agent.Wait() }()
+	dialWithin(t, "unix", agentSock).Close()
+	session := sshInBackground(t, cl, []string{"SSH_AUTH_SOCK=" + agentSock}, "-v", "-A", "true")
+	defer session.stop()
+	env := sessionEnv(t, port)
+	if !strings.Contains(session.stderr.String(), "Requesting authentication agent forwarding") {
+		t.Fatalf("ssh did not ask for agent forwarding; it said:\n%s", session.stderr.String())
+	}
+	for _, v := range env {
+		if strings.HasPrefix(v, "SSH_AUTH_SOCK=") {
+			t.Errorf("sshd forwarded the agent into the cache account's session: %s", v)
+		}
+	}
+}
+
+// forwardTarget accepts connections on a loopback port; reached says whether any
+// came.
+func forwardTarget(t *testing.T) (addr string, reached func() bool) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var got atomic.Bool
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			got.Store(true)
+			c.Close()
+		}
+	}()
+	return l.Addr().String(), func() bool { time.Sleep(200 * time.Millisecond); return got.Load() }
+}
+
+func unusedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func dialWithin(t *testing.T, network, addr string) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout(network, addr, time.Second)
+		if err == nil {
+			return conn
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s after 10s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// sshProcess is a client's ssh left running, its standard input held open
+// so that the session lasts until stop.
+type sshProcess struct {
+	cmd    *exec.Cmd
+	stdin  io.Closer
+	stderr *lockedBuffer
+	once   sync.Once
+}
+
+func sshInBackground(t *testing.T, cl *harness.Client, env []string, args ...string) *sshProcess {
+	t.Helper()
+	cmd := exec.Command("ssh", append([]string{"-F", cl.SSHConfig(), harness.HostAlias}, args...)...)
+	cmd.Env = append(cl.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &sshProcess{cmd: cmd, stdin: stdin, stderr: &lockedBuffer{}}
+	cmd.Stderr = p.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *sshProcess) stop() {
+	p.once.Do(func() {
+		p.stdin.Close()
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		p.cmd.Wait()
+	})
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *lockedBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *lockedBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// sessionEnv is the environment of the process sshd runs for the one
+// session open on port, found by its SSH_CONNECTION.
+func sessionEnv(t *testing.T, port int) []string {
+	t.Helper()
+	suffix := fmt.Sprintf(" %d", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		dirs, _ := filepath.Glob("/proc/[0-9]*/environ")
+		for _, file := range dirs {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				continue
+			}
+			env := strings.Split(string(data), "\x00")
+			for _, v := range env {
+				if strings.HasPrefix(v, "SSH_CONNECTION=") && strings.HasSuffix(v, suffix) {
+					return env
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session process for sshd on port %d after 10s", port)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
