@@ -192,8 +192,8 @@ func joinRequest(c *cli.Context) (onboard.JoinRequest, error) {
 		return req, errUsage{withHint(fmt.Errorf("--public-key: %w", err), "give the cache's public key as NAME:BASE64, as 'nixcache key public' prints it on the server")}
 	}
 	fp := c.String("host-key-fingerprint")
-	if fp != "" && !strings.HasPrefix(fp, "SHA256:") {
-		return req, errUsage{withHint(errors.New("--host-key-fingerprint must be a SHA256 fingerprint"),
+	if fp != "" && sshconf.CheckFingerprint(fp) != nil {
+		return req, errUsage{withHint(errors.New("--host-key-fingerprint must be a SHA256 fingerprint: \"SHA256:\" and 43 characters"),
 			"on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub (prints SHA256:...)")}
 	}
 	req = onboard.JoinRequest{

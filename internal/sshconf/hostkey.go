@@ -3,6 +3,8 @@ package sshconf
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -116,6 +118,21 @@ func fetchHostKey(ctx context.Context, addr, algo string) (ssh.PublicKey, error)
 		err = errors.New("the server sent no host key")
 	}
 	return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
+}
+
+// CheckFingerprint accepts a host key fingerprint as ssh-keygen -l prints
+// it, and nothing else: "SHA256:" and 43 characters of unpadded base64
+// (a SHA-256 sum).
+func CheckFingerprint(s string) error {
+	b64, ok := strings.CutPrefix(s, "SHA256:")
+	if ok && len(b64) == 43 {
+		// Strict: one spelling per sum. The decoder skips line breaks,
+		// which then leave it short of 32 bytes.
+		if raw, err := base64.RawStdEncoding.Strict().DecodeString(b64); err == nil && len(raw) == sha256.Size {
+			return nil
+		}
+	}
+	return errors.New(`not a SHA256 fingerprint: give it as ssh-keygen -lf prints it, "SHA256:" and 43 characters`)
 }
 
 // Fingerprint is the key's SHA256 fingerprint, as ssh prints it.

@@ -145,6 +145,9 @@ func TestParseHostKey(t *testing.T) {
 			t.Errorf("ParseHostKey(%q): %v", in, err)
 		}
 	}
+	if err := CheckFingerprint(Fingerprint(k)); err != nil {
+		t.Errorf("ssh's own fingerprint %s: %v", Fingerprint(k), err)
+	}
 	if _, err := ParseHostKey("SHA256:abc"); err == nil {
 		t.Error("a fingerprint was taken for a key")
 	}
