@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 )
 
 // TooLargeError says a file is larger than the reader allows.
@@ -23,7 +24,9 @@ func (e *TooLargeError) Error() string {
 // names the kind of file for the message): a file that size is a mistake,
 // and reading it would only waste memory.
 func ReadCapped(path string, max int64, what string) ([]byte, fs.FileInfo, error) {
-	f, err := os.Open(path)
+	// Opening a FIFO for reading blocks until a writer comes, unless
+	// non-blocking; the flag changes nothing for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, err
 	}
