@@ -152,6 +152,11 @@ EXAMPLES:
 				return err
 			}
 			ui.joined(plan, res)
+			if others, err := req.Loc.SSHDir.OtherIdentities(c.Context, req.Cache.Target); err != nil {
+				ui.warnf("could not list the keys ssh offers the cache: %v", err)
+			} else if len(others) > 0 {
+				ui.otherIdentities(req.Loc.SSHDir.UserConfig(), others)
+			}
 			if len(plan.NixConf) > 0 {
 				restartDaemon(ui, c)
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -250,6 +251,15 @@ func (u *ui) restartLater(what string) {
 func (u *ui) noServiceManager(err error) {
 	u.warnf("%v: the daemon was not restarted and ignores the new nix.conf until it is", err)
 	u.hint("restart nix-daemon the way it is started on this machine (stop the running one, start 'nix-daemon' as root)")
+}
+
+// otherIdentities warns that root's own IdentityFile lines apply to the
+// cache too: ssh offers those keys when the daemon's is refused, and no
+// setting in the managed block can stop it.
+func (u *ui) otherIdentities(config string, files []string) {
+	u.warnf("root's ssh configuration (%q) also gives the cache account these keys: %s", config, strings.Join(files, ", "))
+	u.hint("ssh offers them to the cache whenever it refuses this machine's key, which shows the cache their public halves")
+	u.hint("move those IdentityFile lines into Host blocks for the hosts that need them")
 }
 
 // forAdmin prints what the cache's admin needs: the daemon's public key,

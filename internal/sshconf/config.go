@@ -1,8 +1,10 @@
 package sshconf
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -198,4 +200,25 @@ func (d Dir) EnsureInclude(existing []byte) []byte {
 		head += "\n"
 	}
 	return append([]byte(head), existing...)
+}
+
+// OtherIdentities are the key files ssh would offer the cache account
+// besides the daemon's key, as ssh -G resolves root's configuration. No
+// ssh_config setting in the managed block can stop them: IdentityFile
+// accumulates over every block that matches, later Host * blocks included;
+// IdentitiesOnly limits only the agent's keys; "IdentityFile none" removes
+// nothing. ssh offers them after the daemon's key is refused, so the cache
+// then sees root's other public keys.
+func (d Dir) OtherIdentities(ctx context.Context, t Target) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "ssh", "-G", "-F", d.UserConfig(), t.User+"@"+t.Host).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ssh -G %s@%s: %w", t.User, t.Host, err)
+	}
+	var others []string
+	for _, line := range lines(out) {
+		if file, ok := strings.CutPrefix(line, "identityfile "); ok && file != d.KeyFile() {
+			others = append(others, file)
+		}
+	}
+	return others, nil
 }

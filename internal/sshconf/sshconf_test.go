@@ -306,3 +306,25 @@ func TestManagedPathsAsSSHReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// ssh offers every IdentityFile that applies to the cache account, root's
+// own included, whatever the managed block says; OtherIdentities names
+// them, so that join can warn.
+func TestOtherIdentities(t *testing.T) {
+	d := Dir(t.TempDir())
+	target := Target{"nix-ssh", "cache.example.org", 22}
+	writeManaged(t, d, Cache{URL: "ssh-ng://nix-ssh@cache.example.org", Target: target, PublicKey: testNixKey})
+	for conf, want := range map[string]string{
+		"": "",
+		"Host other\n  IdentityFile /root/.ssh/id_other\n":                                "",
+		"IdentityFile /root/.ssh/id_global\nHost *\n  IdentityFile /root/.ssh/id_other\n": "/root/.ssh/id_global /root/.ssh/id_other",
+	} {
+		if err := os.WriteFile(d.UserConfig(), d.EnsureInclude([]byte(conf)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.OtherIdentities(t.Context(), target)
+		if err != nil || strings.Join(got, " ") != want {
+			t.Errorf("with root's config %q: other identities %q, %v; want %q", conf, got, err, want)
+		}
+	}
+}

@@ -660,3 +660,22 @@ func pasted(t *testing.T, dir, line string) []string {
 	}
 	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
 }
+
+// Root's own IdentityFile lines apply to the cache too, and no setting in
+// the managed block can stop ssh offering those keys when the daemon's is
+// refused: join says so, and names them.
+func TestJoinWarnsOfRootsOtherKeys(t *testing.T) {
+	c := newCache(t, harness.SSHNG)
+	m := newMachine(t, debianNixConf, true)
+	other := filepath.Join(m.SSHDir, "id_other")
+	if err := os.MkdirAll(m.SSHDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(m.SSHDir, "config"), []byte("Host *\n  IdentityFile "+other+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := c.join(t, m)
+	if !strings.Contains(r.Stderr, "also gives the cache account these keys: "+other) || !strings.Contains(r.Stderr, "hint: move those IdentityFile lines") {
+		t.Errorf("join did not warn of root's other key:\n%s", r.Stderr)
+	}
+}
