@@ -323,6 +323,9 @@ func editRegistry(c *cli.Context, create bool, edit func(*registry.Registry) err
 	if errors.Is(err, registry.ErrLocked) {
 		return withHint(err, "another 'nixcache clients' command is editing it: try again when it is done")
 	}
+	if errors.Is(err, registry.ErrUnsafeLock) {
+		return withHint(err, "another user could hold it to block every edit: remove it, and nixcache makes a private one")
+	}
 	return err
 }
 

@@ -26,18 +26,23 @@ var ErrNoRegistry = errors.New("no clients registry")
 
 // Load reads the registry at path.
 func Load(path string) (*Registry, error) {
-	data, _, err := atomicfile.ReadCapped(path, maxSize, "a clients registry")
+	r, _, err := load(path)
+	return r, err
+}
+
+func load(path string) (*Registry, fs.FileInfo, error) {
+	data, fi, err := atomicfile.ReadCapped(path, maxSize, "a clients registry")
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w at %q", ErrNoRegistry, path)
+		return nil, nil, fmt.Errorf("%w at %q", ErrNoRegistry, path)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r, err := Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("%q: %w", path, err)
+		return nil, nil, fmt.Errorf("%q: %w", path, err)
 	}
-	return r, nil
+	return r, fi, nil
 }
 
 // LockTimeout bounds how long Edit waits for another edit to finish.
@@ -47,26 +52,37 @@ var LockTimeout = 10 * time.Second
 // longer than LockTimeout.
 var ErrLocked = errors.New("the registry is being edited by another process")
 
+// ErrUnsafeLock is returned when the lock file could be opened by another
+// user, who could then hold the lock and block every edit.
+var ErrUnsafeLock = errors.New("the registry's lock file is not private to its owner")
+
 // Edit changes the registry at path: it takes the registry's lock, reads
 // the file, applies change and replaces the file atomically with mode
-// 0644. Two admins editing at once are serialised, so neither loses the
-// other's change. When create is true a missing registry (and its
-// directory) is created, starting empty; otherwise it is an error. On any
-// error the file is left exactly as it was.
+// 0644, keeping its owner. Two admins editing at once are serialised, so
+// neither loses the other's change. A symlinked registry is edited where
+// the link points, and stays a link: an admin who keeps the registry in a
+// repository and links it into place revokes a client in the copy NixOS
+// reads. When create is true a missing registry (and its directory) is
+// created, starting empty; otherwise it is an error. On any error the file
+// is left exactly as it was.
 func Edit(path string, create bool, change func(*Registry) error) error {
-	if !create {
-		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%w at %q", ErrNoRegistry, path)
-		}
-	} else if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	target, err := resolve(path)
+	if err != nil {
 		return err
 	}
-	unlock, err := lock(path)
+	if !create {
+		if _, err := os.Stat(target); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w at %q", ErrNoRegistry, path)
+		}
+	} else if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	unlock, err := lock(target)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	r, err := Load(path)
+	r, fi, err := load(target)
 	if errors.Is(err, ErrNoRegistry) && create {
 		r, err = &Registry{}, nil
 	}
@@ -76,16 +92,57 @@ func Edit(path string, create bool, change func(*Registry) error) error {
 	if err := change(r); err != nil {
 		return err
 	}
-	return atomicfile.Write(path, r.Marshal(), Mode)
+	if err := atomicfile.Write(target, r.Marshal(), Mode); err != nil {
+		return err
+	}
+	return atomicfile.KeepOwner(target, fi)
 }
 
-// lock takes an exclusive flock on PATH.lock, a file next to the registry
-// that is never replaced (the registry itself is, by each atomic write, so
-// a lock on it would protect nothing). The lock file stays behind, empty.
+// resolve follows symlinks to the file they name; a registry that does not
+// exist yet is resolved through its directory.
+func resolve(path string) (string, error) {
+	r, err := filepath.EvalSymlinks(path)
+	if err == nil {
+		return r, nil
+	}
+	if _, lerr := os.Lstat(path); lerr == nil {
+		return "", fmt.Errorf("%q is a symlink to a missing file", path)
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return path, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, filepath.Base(path)), nil
+}
+
+// lockName is the registry's lock file: a hidden file next to it that is
+// never replaced (the registry itself is, by each atomic write, so a lock on
+// it would protect nothing). Older versions locked PATH.lock, created
+// readable by everyone; that file is no longer used, so a lock held on it
+// blocks nothing.
+func lockName(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
+}
+
+// lock takes an exclusive flock on the registry's lock file, which stays
+// behind, empty. flock needs only a descriptor, which anyone who can open a
+// file gets: the lock file is created 0600, never followed if it is a
+// symlink, and refused if another user could open it.
 func lock(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path+".lock", os.O_RDONLY|os.O_CREATE, 0o644)
+	name := lockName(path)
+	f, err := os.OpenFile(name, os.O_RDONLY|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %q is a symlink", ErrUnsafeLock, name)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if err := checkPrivate(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %q %s", ErrUnsafeLock, name, err)
 	}
 	deadline := time.Now().Add(LockTimeout)
 	for {
@@ -96,10 +153,28 @@ func lock(path string) (unlock func(), err error) {
 		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
 			f.Close()
 			if errors.Is(err, syscall.EWOULDBLOCK) {
-				return nil, fmt.Errorf("%w (%q is locked)", ErrLocked, path+".lock")
+				return nil, fmt.Errorf("%w (%q is locked)", ErrLocked, name)
 			}
-			return nil, fmt.Errorf("locking %q: %w", path+".lock", err)
+			return nil, fmt.Errorf("locking %q: %w", name, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// checkPrivate says why another user could open the lock file, if one could.
+func checkPrivate(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		return errors.New("is not a regular file")
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("has mode %04o, open to other users", fi.Mode().Perm())
+	case ok && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("belongs to user %d, not to you", st.Uid)
+	}
+	return nil
 }

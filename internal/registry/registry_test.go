@@ -328,7 +328,7 @@ func TestEditLeavesFileUntouchedOnError(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if fmt.Sprint(names) != "[clients.toml clients.toml.lock]" {
+	if fmt.Sprint(names) != "[.clients.toml.lock clients.toml]" {
 		t.Fatalf("directory holds %v", names)
 	}
 }
