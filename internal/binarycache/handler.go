@@ -143,17 +143,30 @@ func (h *Handler) nar(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-nix-nar")
-	w.Header().Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+	w.Header().Add("Vary", "Accept-Encoding")
+	if r.Method == http.MethodHead || !acceptsZstd(r) {
+		w.Header().Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+	}
 	if r.Method == http.MethodHead {
 		return
 	}
+	var out io.Writer = w
+	var finish func() error
+	if acceptsZstd(r) {
+		a := &adaptiveWriter{w: w, size: info.NarSize}
+		out, finish = a, a.Close
+	}
 	// The NAR goes out as the daemon dumps it, checked against its hash on
-	// the way: a store that does not match its database must not reach a
-	// client as a complete response.
+	// the way: a NAR that does not match the store's database ends the
+	// response abnormally, and is logged. (Nix checks the hash of what it
+	// downloads too; this tells the cache's admin.)
 	sum := sha256.New()
-	err = h.conn.NarFromPath(info.Path, info.NarSize, io.MultiWriter(w, sum))
+	err = h.conn.NarFromPath(info.Path, info.NarSize, io.MultiWriter(out, sum))
 	if err == nil {
 		err = checkSum(sum, info)
+	}
+	if err == nil && finish != nil {
+		err = finish()
 	}
 	if err != nil {
 		// The connection is mid-NAR, and the response is mid-body: neither
