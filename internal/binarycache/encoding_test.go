@@ -67,4 +67,3 @@ func TestAdaptiveEncoding(t *testing.T) {
 		})
 	}
 }
-
