@@ -279,7 +279,7 @@ func (u *ui) checks(checks []onboard.Check) {
 			cache = c.Cache
 			fmt.Fprintf(u.stdout, "%s\n", cache)
 		}
-		mark := map[onboard.Status]string{onboard.OK: "✓", onboard.Failed: "✗", onboard.Skipped: "-"}[c.Status]
+		mark := map[onboard.Status]string{onboard.OK: "✓", onboard.Failed: "✗", onboard.Skipped: "-", onboard.Warning: "!"}[c.Status]
 		indent := ""
 		if c.Cache != "" {
 			indent = "  "

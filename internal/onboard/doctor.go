@@ -33,6 +33,8 @@ const (
 	OK      Status = "ok"
 	Failed  Status = "failed"
 	Skipped Status = "skipped"
+	// Warning is a check that passed with a risk the admin should know of.
+	Warning Status = "warning"
 )
 
 // DoctorOptions say where to look and what to probe.
@@ -192,6 +194,7 @@ func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 	if u, err := sshconf.ParseSubstituter(c.URL); err == nil && u.MaxConnections > 1 {
 		d.checkMaxConnections(ctx, c)
 	}
+	d.checkOtherKeys(ctx, c)
 	if !d.checkHostKey(ctx, c) {
 		return
 	}
@@ -426,6 +429,24 @@ func (d *doctor) probePath(c sshconf.Cache, key nixkey.PublicKey, remote, local 
 		return "", false
 	}
 	return best, true
+}
+
+// checkOtherKeys warns when root's ssh configuration gives the cache's
+// host other keys too: IdentityFile lines add up in ssh, and no setting in
+// the managed block can take them back, so a cache that refuses the
+// daemon's key (before the admin registers it, after a revocation) is
+// offered root's other public keys.
+func (d *doctor) checkOtherKeys(ctx context.Context, c sshconf.Cache) {
+	others, err := d.opt.Loc.SSHDir.OtherIdentities(ctx, c.Target)
+	switch {
+	case err != nil:
+		d.add(c.URL, "ssh keys", Skipped, err.Error())
+	case len(others) > 0:
+		d.add(c.URL, "ssh keys", Warning, fmt.Sprintf("root's ssh configuration also offers %s to %s when the cache refuses the daemon's key", strings.Join(others, ", "), c.Target),
+			"move those IdentityFile lines into Host blocks that do not match the cache's host")
+	default:
+		d.add(c.URL, "ssh keys", OK, "only the daemon's key is offered to the cache")
+	}
 }
 
 // checkMaxConnections fails when the daemon's Nix hangs with the

@@ -678,4 +678,9 @@ func TestJoinWarnsOfRootsOtherKeys(t *testing.T) {
 	if !strings.Contains(r.Stderr, "also gives the cache account these keys: "+other) || !strings.Contains(r.Stderr, "hint: move those IdentityFile lines") {
 		t.Errorf("join did not warn of root's other key:\n%s", r.Stderr)
 	}
+	// And doctor keeps saying so, long after join's output is gone.
+	d := onMachine(m, "client", "doctor")
+	if !strings.Contains(d.Stdout, "! ssh keys: root's ssh configuration also offers "+other) {
+		t.Errorf("doctor did not warn of root's other key:\n%s%s", d.Stdout, d.Stderr)
+	}
 }
