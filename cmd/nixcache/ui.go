@@ -7,10 +7,13 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/onboard"
@@ -65,7 +68,7 @@ func (u *ui) exit(err error) int {
 	if errors.Is(err, errFailed) {
 		return 1
 	}
-	fmt.Fprintf(u.stderr, "nixcache: %v\n", err)
+	fmt.Fprintf(u.stderr, "nixcache: %s\n", printable(err.Error()))
 	// Hints attached deeper in the chain are the more specific: print them
 	// first.
 	var layers [][]string
@@ -284,9 +287,26 @@ func (u *ui) checks(checks []onboard.Check) {
 		if c.Cache != "" {
 			indent = "  "
 		}
-		fmt.Fprintf(u.stdout, "%s%s %s: %s\n", indent, mark, c.Name, c.Detail)
+		fmt.Fprintf(u.stdout, "%s%s %s: %s\n", indent, mark, c.Name, printable(c.Detail))
 		for _, h := range c.Hints {
-			fmt.Fprintf(u.stdout, "%s    hint: %s\n", indent, h)
+			fmt.Fprintf(u.stdout, "%s    hint: %s\n", indent, printable(h))
 		}
 	}
+}
+
+// printable shows control characters in text as Go escapes. Errors and
+// checks carry what a cache, its daemon or ssh said, and a hostile cache
+// must not reach the admin's terminal with escape sequences (a retitled
+// window, a cleared screen, a rewritten line).
+func printable(text string) string {
+	var b strings.Builder
+	for _, r := range text {
+		if r != '\n' && r != '\t' && (unicode.IsControl(r) || r == utf8.RuneError) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
