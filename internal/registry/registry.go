@@ -170,12 +170,17 @@ type fileClient struct {
 	Comment string `toml:"comment"`
 }
 
-// Parse reads a registry. Every error names the line it is about.
+// Parse reads a registry. Every error names the line it is about. It reads
+// TOML in the registry's shape only (see scan), in time and memory linear in
+// the file's size.
 func Parse(data []byte) (*Registry, error) {
 	text := string(data)
-	var f file
-	md, err := toml.Decode(text, &f)
+	lines, err := scan(text)
 	if err != nil {
+		return nil, err
+	}
+	var f file
+	if _, err := toml.Decode(text, &f); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			return nil, fmt.Errorf("line %d: %s", errorLine(text, pe.Position), pe.Message)
@@ -183,25 +188,11 @@ func Parse(data []byte) (*Registry, error) {
 		// Type mismatches come as "toml: line N (last key ...): ...".
 		return nil, errors.New(strings.TrimPrefix(err.Error(), "toml: "))
 	}
-	lines := newLineIndex(text)
-	switch {
-	case !md.IsDefined("version"):
+	if lines.version == 0 {
 		return nil, errors.New(`no "version = 1" line: is this a nixcache clients registry?`)
-	case f.Version > Version:
-		return nil, fmt.Errorf("line %d: registry version %d is newer than this nixcache understands (%d): upgrade nixcache",
-			lines.find(toml.Key{"version"}), f.Version, Version)
-	case f.Version != Version:
-		return nil, fmt.Errorf("line %d: unknown registry version %d (want %d)", lines.find(toml.Key{"version"}), f.Version, Version)
 	}
-	if undecoded := md.Undecoded(); len(undecoded) > 0 {
-		k := undecoded[0]
-		if len(k) == 3 && k[0] == "clients" {
-			return nil, fmt.Errorf("line %d: unknown field %q in client %q (known: key, comment)", lines.find(k), k[2], k[1])
-		}
-		if k[0] == "clients" {
-			return nil, fmt.Errorf("line %d: unexpected %q: each client is a table [clients.NAME] with key and comment", lines.find(k), k.String())
-		}
-		return nil, fmt.Errorf("line %d: unknown setting %q (known: version, clients)", lines.find(k[:1]), k[0])
+	if f.Version != Version {
+		return nil, versionError(lines.version, f.Version)
 	}
 	names := make([]string, 0, len(f.Clients))
 	for name := range f.Clients {
@@ -209,32 +200,45 @@ func Parse(data []byte) (*Registry, error) {
 	}
 	// Check in file order, so that the first problem in the file is the
 	// one reported.
-	slices.SortFunc(names, func(a, b string) int {
-		return lines.find(toml.Key{"clients", a}) - lines.find(toml.Key{"clients", b})
-	})
-	r := &Registry{}
-	for _, name := range names {
-		fc := f.Clients[name]
-		at := func(field string) int { return lines.find(toml.Key{"clients", name, field}) }
-		if err := ValidateName(name); err != nil {
-			return nil, fmt.Errorf("line %d: %w", lines.find(toml.Key{"clients", name}), err)
+	at := func(name string) clientLines {
+		if c := lines.clients[name]; c != nil {
+			return *c
 		}
-		if !md.IsDefined("clients", name, "key") {
-			return nil, fmt.Errorf("line %d: client %q has no key", lines.find(toml.Key{"clients", name}), name)
+		return clientLines{}
+	}
+	slices.SortFunc(names, func(a, b string) int { return at(a).table - at(b).table })
+	r := &Registry{clients: make([]Client, 0, len(names))}
+	byKey := make(map[string]string, len(names))
+	for _, name := range names {
+		fc, line := f.Clients[name], at(name)
+		if err := ValidateName(name); err != nil {
+			return nil, fmt.Errorf("line %d: %w", line.table, err)
+		}
+		if line.key == 0 {
+			return nil, fmt.Errorf("line %d: client %q has no key", line.table, name)
 		}
 		key, _, err := ParseKey(fc.Key)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: client %q: %w", at("key"), name, err)
+			return nil, fmt.Errorf("line %d: client %q: %w", line.key, name, err)
 		}
-		if err := r.Add(name, key, fc.Comment); err != nil {
-			field := "key"
-			if !errors.Is(err, ErrDuplicateKey) {
-				field = "comment"
-			}
-			return nil, fmt.Errorf("line %d: client %q: %w", at(field), name, err)
+		if other, ok := byKey[string(key.Marshal())]; ok {
+			return nil, fmt.Errorf("line %d: client %q: this %w as %q", line.key, name, ErrDuplicateKey, other)
 		}
+		if err := ValidateComment(fc.Comment); err != nil {
+			return nil, fmt.Errorf("line %d: client %q: %w", line.comment, name, err)
+		}
+		byKey[string(key.Marshal())] = name
+		r.clients = append(r.clients, Client{Name: name, Key: key, Comment: fc.Comment})
 	}
+	slices.SortFunc(r.clients, func(a, b Client) int { return strings.Compare(a.Name, b.Name) })
 	return r, nil
+}
+
+func versionError(line, v int) error {
+	if v > Version {
+		return fmt.Errorf("line %d: registry version %d is newer than this nixcache understands (%d): upgrade nixcache", line, v, Version)
+	}
+	return fmt.Errorf("line %d: unknown registry version %d (want %d)", line, v, Version)
 }
 
 // errorLine is the line of a syntax error. The TOML library counts an
