@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -164,6 +165,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if !loopbackHost(r.Host) {
+		http.Error(w, "nixcache substituter: answers loopback names only", http.StatusForbidden)
 		return
 	}
 	req, ok := parseRequest(r.URL.Path)
@@ -347,6 +352,22 @@ func streamNAR(w http.ResponseWriter, body io.Reader, size int64) {
 	}
 	w.WriteHeader(http.StatusOK)
 	io.CopyBuffer(w, body, make([]byte, 64<<10))
+}
+
+// loopbackHost reports whether a request's Host names this machine by a
+// loopback address or "localhost", as Nix's requests do. Anything else is a
+// browser sent by a page whose name resolves to 127.0.0.1 (DNS rebinding),
+// which must not read the cache through this machine.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func reply(w http.ResponseWriter, r *http.Request, contentType string, body []byte) {
