@@ -255,3 +255,23 @@ func TestCacheDownAnswersAtOnce(t *testing.T) {
 		t.Errorf("state changes not logged:\n%s", f.logs)
 	}
 }
+
+// A NAR in an encoding nobody asked for (a server that sends zstd
+// regardless) is refused, neither passed on nor spooled as if it were the
+// NAR.
+func TestUnaskedEncodingIsRefused(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: 1 << 20})
+	f.cache.files.encoding = "zstd"
+	f.cache.addPath(1, 100)
+	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
+		t.Fatal(code)
+	}
+	waitFor(t, "the prefetch", func() bool { return f.cache.files.count("GET /nar/") == 1 })
+	waitFor(t, "the refused prefetch to leave the spool", func() bool { return f.srv.spool.usedBytes() == 0 })
+	if code, _ := f.get(t, "GET", "/nar/"+narName(1)); code != http.StatusBadGateway {
+		t.Errorf("NAR sent as zstd: %d, want 502", code)
+	}
+	if !strings.Contains(f.logs.String(), `Content-Encoding "zstd"`) {
+		t.Errorf("not logged:\n%s", f.logs)
+	}
+}

@@ -47,6 +47,8 @@ type cacheFiles struct {
 	mu    sync.Mutex
 	small map[string]string
 	nars  map[string]int64
+	// encoding is a Content-Encoding sent with every NAR, asked for or not.
+	encoding string
 	// asked is every path requested, in order.
 	asked []string
 }
@@ -62,6 +64,9 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		io.WriteString(w, body)
 	case isNAR:
+		if f.encoding != "" {
+			w.Header().Set("Content-Encoding", f.encoding)
+		}
 		w.Header().Set("Content-Type", "application/x-nix-nar")
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		if r.Method == http.MethodGet {
