@@ -25,6 +25,9 @@ type spool struct {
 	mu      sync.Mutex
 	used    int64
 	entries map[string]*spooled // by NAR file name, until claimed
+	// expired is when expire last looked: it walks every entry, so at
+	// most once a minute.
+	expired time.Time
 }
 
 // spooled is one NAR in the spool. Its file lives while anyone holds a
@@ -74,6 +77,10 @@ func (s *spool) reserve(name string, size int64) (*spooled, error) {
 
 // expire drops entries nobody claimed in time. s.mu is held.
 func (s *spool) expire() {
+	if s.now().Sub(s.expired) < time.Minute {
+		return
+	}
+	s.expired = s.now()
 	for name, e := range s.entries {
 		e.mu.Lock()
 		stale := e.done && s.now().Sub(e.created) > unclaimedTTL
@@ -169,7 +176,7 @@ func (s *spool) releaseLocked(e *spooled) {
 	}
 }
 
-// usedBytes is the room the spool holds now, for tests and logs.
+// usedBytes is the room the spool holds now.
 func (s *spool) usedBytes() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
