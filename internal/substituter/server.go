@@ -56,9 +56,11 @@ type Server struct {
 	opt      Options
 	narinfos *narinfoCache
 	spool    *spool
-	ctx      context.Context
-	cancel   context.CancelFunc
-	workers  sync.WaitGroup
+	// narinfoTimeout is narinfoTimeout; tests shorten it.
+	narinfoTimeout time.Duration
+	ctx            context.Context
+	cancel         context.CancelFunc
+	workers        sync.WaitGroup
 
 	mu        sync.Mutex
 	cacheInfo []byte
@@ -114,14 +116,15 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		ResponseHeaderTimeout: 30 * time.Second,
 	}
 	s := &Server{
-		up:           up,
-		client:       &http.Client{Transport: transport},
-		opt:          opt,
-		narinfos:     newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
-		calls:        map[string]*narinfoCall{},
-		seen:         map[string]bool{},
-		narinfoQueue: make(chan string, prefetchQueue),
-		narQueue:     make(chan narJob, prefetchQueue),
+		up:             up,
+		client:         &http.Client{Transport: transport},
+		opt:            opt,
+		narinfos:       newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
+		narinfoTimeout: narinfoTimeout,
+		calls:          map[string]*narinfoCall{},
+		seen:           map[string]bool{},
+		narinfoQueue:   make(chan string, prefetchQueue),
+		narQueue:       make(chan narJob, prefetchQueue),
 	}
 	if opt.SpoolBytes > 0 {
 		dir, err := spoolDir(opt.SpoolDir)
@@ -260,9 +263,13 @@ func (s *Server) narinfo(hash string) ([]byte, error) {
 		<-c.done
 		return c.body, c.err
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, narinfoTimeout)
+	conn := s.up.current()
+	ctx, cancel := context.WithTimeout(s.ctx, s.narinfoTimeout)
 	c.body, c.err = s.fetchSmall(ctx, request{kind: narInfo, name: hash}.upstreamPath())
 	cancel()
+	if errors.Is(c.err, context.DeadlineExceeded) {
+		s.up.drop(conn, "no narinfo within "+s.narinfoTimeout.String())
+	}
 	if c.err == nil {
 		s.narinfos.put(hash, c.body)
 	}
@@ -286,7 +293,7 @@ func (s *Server) fetchSmall(ctx context.Context, path string) ([]byte, error) {
 	case http.StatusNotFound:
 		return nil, nil
 	default:
-		return nil, fmt.Errorf("the cache answered %s", resp.Status)
+		return nil, fmt.Errorf("the cache answered %q", resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNarinfo+1))
 	if err != nil {
@@ -345,8 +352,8 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 	case resp.StatusCode == http.StatusNotFound:
 		http.NotFound(w, r)
 	default:
-		s.opt.Logf("NAR %s: the cache answered %s", req.name, resp.Status)
-		http.Error(w, "nixcache substituter: the cache answered "+resp.Status, http.StatusBadGateway)
+		s.opt.Logf("NAR %s: the cache answered %q", req.name, resp.Status)
+		http.Error(w, "nixcache substituter: the cache answered "+strconv.Quote(resp.Status), http.StatusBadGateway)
 	}
 }
 
@@ -486,7 +493,7 @@ func (s *Server) prefetchNAR(job narJob) {
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode != http.StatusOK:
-		err = fmt.Errorf("the cache answered %s", resp.Status)
+		err = fmt.Errorf("the cache answered %q", resp.Status)
 	case encoded(resp):
 		err = fmt.Errorf("the cache sent the NAR with Content-Encoding %q, which was not asked for", resp.Header.Get("Content-Encoding"))
 	case resp.ContentLength >= 0 && resp.ContentLength != job.size:

@@ -208,11 +208,13 @@ func (u *Upstream) current() *ssh.Client {
 // Up reports whether the connection is up, as far as is known.
 func (u *Upstream) Up() bool { return u.current() != nil }
 
-// drop closes c, if it is still the connection, when a channel could not be
-// opened on it in time: a connection that stalls is treated as lost at once
-// rather than after the keepalives give up.
-func (u *Upstream) drop(c *ssh.Client) {
-	if u.current() == c {
+// drop closes c, if it is still the connection, when it stalled (a channel
+// not opened in time, a narinfo not answered in time): it is treated as
+// lost at once rather than after the keepalives give up, so that the
+// requests after it are answered at once.
+func (u *Upstream) drop(c *ssh.Client, why string) {
+	if c != nil && u.current() == c {
+		u.logf("the connection to the cache %s stalled (%s); dropping it", u.target, why)
 		c.Close()
 	}
 }
@@ -311,7 +313,7 @@ func (u *Upstream) openChannel(ctx context.Context) (net.Conn, error) {
 	case r := <-done:
 		return r.conn, r.err
 	case <-ctx.Done():
-		u.drop(c)
+		u.drop(c, "no channel within "+connectTimeout.String())
 		go func() {
 			if r := <-done; r.conn != nil {
 				r.conn.Close()
