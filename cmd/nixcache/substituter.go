@@ -38,7 +38,11 @@ instead of at two round trips per path. Point Nix at it in nix.conf:
    substituters = http://127.0.0.1:37515
    trusted-public-keys = <the cache's key, as join added it>
 
-The cache must run 'nixcache serve' as the account's forced command.
+The cache must run 'nixcache serve' as the account's forced command. Keep the
+substituter running whenever nix.conf names it (as a service): with the cache
+down it answers so that Nix builds at once, but a substituter that does not
+answer at all makes Nix retry for seconds and then, on Nix 2.8, abort the
+build (NixOS/nix#6445).
 
 What it adds to plain forwarding:
 
