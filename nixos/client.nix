@@ -18,12 +18,20 @@ let
     stateDir
   ];
 
+  # Nix talks to the cache itself over ssh, or to the local substituter,
+  # which holds one SSH connection to the cache.
+  viaSubstituter = cfg.protocol == "nixcache";
   substituter =
-    "${cfg.protocol}://${cfg.user}@${cfg.host}"
-    + lib.optionalString (cfg.maxConnections > 1) "?max-connections=${toString cfg.maxConnections}";
+    if viaSubstituter then
+      "http://127.0.0.1:${toString cfg.substituterPort}"
+    else
+      "${cfg.protocol}://${cfg.user}@${cfg.host}"
+      + lib.optionalString (cfg.maxConnections > 1) "?max-connections=${toString cfg.maxConnections}";
 
   # known_hosts names a host on another port "[host]:port".
   knownHostName = if cfg.port == 22 then cfg.host else "[${cfg.host}]:${toString cfg.port}";
+  # The substituter's pin, and nothing else: not the system's known hosts.
+  knownHostsFile = pkgs.writeText "nixcache-known-hosts" "${knownHostName} ${cfg.hostKey}\n";
 
   # With more than one connection Nix starts an SSH master, which deadlocks
   # before ssh even runs until Nix 2.32 (NixOS/nix#13902); Lix dropped the
@@ -42,7 +50,7 @@ in
 
     package = common.packageOption {
       inherit pkgs;
-      description = "The nixcache package, installed for `nixcache verify`.";
+      description = "The nixcache package, installed for `nixcache verify`; with protocol `nixcache` it runs the substituter.";
     };
 
     host = lib.mkOption {
@@ -64,9 +72,46 @@ in
     };
 
     protocol = lib.mkOption {
-      type = common.protocolType;
+      type = lib.types.enum [
+        "ssh"
+        "ssh-ng"
+        "nixcache"
+      ];
       default = "ssh";
-      description = "The cache's `services.nixcache.server.protocol`: the substituter is `ssh://` or `ssh-ng://`.";
+      description = ''
+        How Nix reaches the cache. `ssh` and `ssh-ng` (the cache's
+        `services.nixcache.server.protocol`): the substituter is `ssh://` or
+        `ssh-ng://`, and every Nix command opens its own SSH connection.
+        `nixcache`: `nixcache-substituter.service` keeps one SSH connection
+        to the cache and serves it to Nix as a binary cache on
+        `http://127.0.0.1:''${substituterPort}`, which is much faster for
+        many paths; a cache of either protocol serves it.
+      '';
+    };
+
+    substituterPort = lib.mkOption {
+      type = lib.types.ints.between 1 65535;
+      default = 37515;
+      example = 8080;
+      description = ''
+        The loopback TCP port `nixcache-substituter.service` listens on
+        (protocol `nixcache` only); `nix.settings.substituters` gets
+        `http://127.0.0.1:PORT`. Any local user can fetch from it what
+        this machine's key may fetch from the cache.
+      '';
+    };
+
+    channels = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = lib.min 8 cfg.maxSessions;
+      defaultText = lib.literalExpression "lib.min 8 config.services.nixcache.client.maxSessions";
+      example = 16;
+      description = ''
+        How many requests the substituter (protocol `nixcache`) has in
+        flight at once, each on its own session of its one SSH connection.
+        At most `maxSessions`: sshd refuses the sessions past its
+        `MaxSessions`.
+      '';
     };
 
     publicKey = lib.mkOption {
@@ -136,7 +181,8 @@ in
         The cache's sshd `MaxSessions` for its account:
         `services.nixcache.server.maxSessions` on a NixOS cache, OpenSSH's
         default of 10 elsewhere. On Nix, a `maxConnections` above it is
-        refused: sshd turns away the sessions past its limit.
+        refused, and so are more `channels`: sshd turns away the sessions
+        past its limit.
       '';
     };
   };
@@ -160,14 +206,18 @@ in
         message = "services.nixcache.client.hostKey must be one SSH host public key \"TYPE BASE64\", such as the content of /etc/ssh/ssh_host_ed25519_key.pub on the server.";
       }
       {
-        assertion = cfg.maxConnections == 1 || maxConnectionsSafe;
+        assertion = viaSubstituter || cfg.maxConnections == 1 || maxConnectionsSafe;
         message = "services.nixcache.client.maxConnections = ${toString cfg.maxConnections} needs Nix 2.32 or Lix 2.93; nix.package is ${config.nix.package.pname or "nix"} ${nixVersion}, whose ssh stores deadlock with more than one connection (NixOS/nix#13902). Keep it at 1.";
       }
       {
         # Nix's SSH master carries every connection as a session; Lix 2.93
         # has no master.
-        assertion = nixIsLix || cfg.maxConnections <= cfg.maxSessions;
+        assertion = viaSubstituter || nixIsLix || cfg.maxConnections <= cfg.maxSessions;
         message = "services.nixcache.client.maxConnections = ${toString cfg.maxConnections} is more than the cache's sshd MaxSessions (services.nixcache.client.maxSessions = ${toString cfg.maxSessions}; OpenSSH's default is 10): Nix runs its connections as sessions of one SSH connection, and sshd refuses those past MaxSessions, which Nix reports as a protocol mismatch. Lower maxConnections, or raise services.nixcache.server.maxSessions on the cache and set maxSessions here to match.";
+      }
+      {
+        assertion = !viaSubstituter || cfg.channels <= cfg.maxSessions;
+        message = "services.nixcache.client.channels = ${toString cfg.channels} is more than the cache's sshd MaxSessions (services.nixcache.client.maxSessions = ${toString cfg.maxSessions}; OpenSSH's default is 10): the substituter runs its channels as sessions of one SSH connection, and sshd refuses those past MaxSessions. Lower channels, or raise services.nixcache.server.maxSessions on the cache and set maxSessions here to match.";
       }
     ]
     ++ map (message: {
@@ -254,6 +304,89 @@ in
         ExecStartPre = [ "+${pkgs.coreutils}/bin/mkdir -p -- ${lib.escapeShellArgs keyDirs}" ];
       };
     };
+    # protocol = "nixcache": Nix fetches from the substituter on loopback,
+    # which logs in with the daemon's key as root's ssh would, and checks
+    # the cache's host key against the pin alone.
+    systemd.services.nixcache-substituter = lib.mkIf viaSubstituter {
+      description = "Serve the nixcache server to the local Nix over one SSH connection";
+      documentation = [ "https://github.com/nixcache/nixcache#nixos" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      # Not without the key checked: a key others could read is refused
+      # there, and nothing logs in with it.
+      requires = [ "nixcache-client-key.service" ];
+      after = [
+        "network-online.target"
+        "nixcache-client-key.service"
+      ];
+      # A cache that cannot be reached stops the substituter; it keeps
+      # trying, and Nix builds meanwhile (fallback).
+      unitConfig.StartLimitIntervalSec = 0;
+      serviceConfig = {
+        ExecStart = lib.concatStringsSep " " [
+          "${lib.getExe cfg.package} client substituter"
+          "--cache ssh://${cfg.user}@${cfg.host}:${toString cfg.port}"
+          "--listen 127.0.0.1:${toString cfg.substituterPort}"
+          "--identity-file %d/ssh-key"
+          "--known-hosts-file ${knownHostsFile}"
+          "--channels ${toString cfg.channels}"
+          "--server-max-sessions ${toString cfg.maxSessions}"
+          "--spool-dir %C/nixcache-substituter"
+        ];
+        Restart = "always";
+        RestartSec = 5;
+        # The key reaches the service as a credential: root reads it, the
+        # service sees a private copy.
+        LoadCredential = [ "ssh-key:${sshKeyFile}" ];
+
+        # Identity: an unprivileged dynamic user.
+        DynamicUser = true;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        # Filesystem: reads its credential and the pin in the store, writes
+        # its spool of prefetched NARs. Root's ssh directory (join's) is
+        # hidden: everything comes from the flags.
+        ProtectSystem = "strict";
+        ProtectHome = "tmpfs";
+        PrivateTmp = true;
+        PrivateDevices = true;
+        UMask = "0077";
+        CacheDirectory = "nixcache-substituter";
+        # Network: TCP to the cache, and the loopback listener.
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+        ];
+        # Kernel and process isolation.
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged @resources"
+        ];
+        # The Go runtime raises its open-file limit at start; let that fail
+        # quietly instead of killing the process.
+        SystemCallErrorNumber = "EPERM";
+      };
+    };
+    systemd.services.nix-daemon = lib.mkIf viaSubstituter {
+      wants = [ "nixcache-substituter.service" ];
+      after = [ "nixcache-substituter.service" ];
+    };
+
     systemd.tmpfiles.rules = [
       "d /var/lib/nixcache 0755 root root -"
       "d ${stateDir} 0755 root root -"

@@ -10,8 +10,9 @@ let
   ];
 in
 {
-  # How a cache serves clients: the substituter's URL scheme, and so the
-  # server's forced command. Both roles must agree on it and on the account.
+  # How a cache serves Nix's own ssh stores: `ssh-ng` also lets the
+  # dispatcher run nix-daemon --stdio. A client names the same scheme, or
+  # `nixcache` (its local substituter), which a cache of either serves.
   protocolType = lib.types.enum [
     "ssh"
     "ssh-ng"

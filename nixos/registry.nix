@@ -20,6 +20,10 @@ let
   keyTypes = "ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com";
   parseKey = text: builtins.match "[[:space:]]*((${keyTypes}) [A-Za-z0-9+/]+={0,2})([ \t][^\r\n]*)?" text;
 
+  # A TOML basic string, as internal/registry's quote writes it for the
+  # text it accepts: keys, and comments without control characters.
+  quote = s: "\"${builtins.replaceStrings [ "\\" "\"" ] [ "\\\\" "\\\"" ] s}\"";
+
   # Problems with one client, as messages that name where it came from.
   problemsOf =
     origin: name: client:
@@ -30,6 +34,16 @@ let
         [
           "${origin}: client name \"${name}\" is not allowed: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         ]
+    )
+    # The CLI refuses a registry with such a comment, and so would every
+    # login that reads it.
+    ++ (
+      if builtins.match "[^[:cntrl:]]*" (client.comment or "") == null then
+        [
+          "${origin}: the comment of client \"${name}\" has a control character (such as a tab or a line break): keep it to one line of text"
+        ]
+      else
+        [ ]
     )
     ++ (
       if !(builtins.isString (client.key or null)) then
@@ -128,11 +142,30 @@ in
     };
 
   # authorized_keys lines, in name order as the CLI writes them. `restrict`
-  # turns off PTYs, forwarding and ~/.ssh/rc; command= forces the serve
-  # command whatever the client asks to run.
+  # turns off PTYs, forwarding and ~/.ssh/rc; command= forces
+  # `command name` whatever the client asks to run.
   authorizedKeys =
     { clients, command }:
-    map (name: "restrict,command=\"${command}\" ${clients.${name}.key} nixcache:${name}") (
+    map (name: "restrict,command=\"${command name}\" ${clients.${name}.key} nixcache:${name}") (
       builtins.attrNames clients
+    );
+
+  # The clients as a registry file `nixcache serve --registry` reads: what
+  # `nixcache clients` writes (internal/registry's Marshal) for the same
+  # clients, under `header` (comment lines) instead of the CLI's own.
+  toTOML =
+    { clients, header }:
+    header
+    + "version = ${toString supportedVersion}\n"
+    + builtins.concatStringsSep "" (
+      map (
+        name:
+        let
+          c = clients.${name};
+        in
+        "\n[clients.${if builtins.match ".*[.].*" name != null then quote name else name}]\n"
+        + "key = ${quote c.key}\n"
+        + (if c.comment == "" then "" else "comment = ${quote c.comment}\n")
+      ) (builtins.attrNames clients)
     );
 }

@@ -19,15 +19,42 @@ let
     ++ lib.optional (cfg.registryFile != null) (registry.readFile cfg.registryFile)
   );
 
-  # nix-store --serve without --write answers queries and sends NARs and
-  # nothing else. nix-daemon --stdio serves a full, if untrusted, daemon
-  # connection: build derivations, add content-addressed or validly signed
-  # paths, add GC roots, collect garbage.
-  serveCommand =
-    if cfg.protocol == "ssh" then
-      "${config.nix.package}/bin/nix-store --serve"
-    else
-      "${config.nix.package}/bin/nix-daemon --stdio";
+  # The clients `nixcache serve` lets in, checked at build time by the CLI
+  # that reads it at every login: a key or comment it refuses would
+  # otherwise lock every client out.
+  registryStoreFile = pkgs.writeTextFile {
+    name = "nixcache-clients.toml";
+    text = registry.toTOML {
+      inherit (clients) clients;
+      header = ''
+        # Written by the nixcache NixOS module from services.nixcache.server.clients
+        # and registryFile: the clients `nixcache serve` lets in. Change those.
+      '';
+    };
+    checkPhase = ''
+      ${lib.getExe cfg.package} clients list --registry "$target" > /dev/null
+    '';
+  };
+  # Read by every login, through /etc so that a rebuild that revokes a key
+  # reaches the sessions sshd opens later on a connection made before it
+  # (the substituter keeps one open), whose ForceCommand is the old one.
+  registryPath = "/etc/nixcache/clients.toml";
+
+  # The dispatcher: it finds the registered client whose key logged in, and
+  # refuses any other, then serves what the client asked for.
+  # nixcache-binary-cache and nix-store --serve (without --write) answer
+  # queries and send NARs and nothing else. nix-daemon --stdio (only with
+  # --allow-ssh-ng) serves a full, if untrusted, daemon connection: build
+  # derivations, add content-addressed or validly signed paths, add GC
+  # roots, collect garbage.
+  serveCommand = lib.concatStringsSep " " (
+    [
+      "${lib.getExe cfg.package} serve --registry ${registryPath}"
+      "--nix-store ${config.nix.package}/bin/nix-store"
+      "--nix-daemon ${config.nix.package}/bin/nix-daemon"
+    ]
+    ++ lib.optional (cfg.protocol == "ssh-ng") "--allow-ssh-ng"
+  );
 
   # toString never copies a path literal into the store (the assertions
   # refuse one anyway); interpolating it would.
@@ -155,10 +182,12 @@ in
       type = common.protocolType;
       default = "ssh";
       description = ''
-        How clients are served. `ssh` (clients use `ssh://`) forces
-        `nix-store --serve` without `--write`: clients can query and download
-        paths and nothing else. `ssh-ng` (clients use `ssh-ng://`) forces
-        `nix-daemon --stdio`, which gives every client key an untrusted daemon
+        What the dispatcher (`nixcache serve`, every login's forced command)
+        serves registered clients. `ssh`: the binary-cache channel (clients'
+        `protocol = "nixcache"`) and `nix-store --serve` without `--write`
+        (clients using `ssh://`): clients can query and download paths and
+        nothing else. `ssh-ng` also serves `nix-daemon --stdio` (clients
+        using `ssh-ng://`), which gives every client key an untrusted daemon
         connection: it may also build derivations on this machine, add
         content-addressed or validly signed paths, add GC roots and run the
         garbage collector. Use it only for clients trusted that far.
@@ -322,6 +351,7 @@ in
       public-key-file = ${builtins.toJSON publicKeyState}
     '';
     environment.etc."nixcache/public-key".source = publicKeyState;
+    environment.etc."nixcache/clients.toml".source = registryStoreFile;
 
     nix.settings.secret-key-files = secretKeyFiles;
 
@@ -481,9 +511,11 @@ in
       group = cfg.user;
       # The forced command runs through the login shell.
       useDefaultShell = true;
+      # Without sshd's Match block (ExposeAuthInfo), each line still names
+      # its client to the dispatcher.
       openssh.authorizedKeys.keys = registry.authorizedKeys {
         inherit (clients) clients;
-        command = serveCommand;
+        command = name: "${serveCommand} --client ${name}";
       };
     };
     users.groups.${cfg.user} = { };
@@ -494,9 +526,11 @@ in
       openFirewall = lib.mkDefault cfg.openFirewall;
       settings = lib.mkIf (cfg.maxStartups != null) { MaxStartups = lib.mkDefault cfg.maxStartups; };
       # As nixpkgs' nix.sshServe, and again in every authorized_keys line
-      # (restrict, command=): the account can run the serve command and
-      # nothing else, however a key got there. Last in sshd_config, since
-      # nothing global may follow a Match block.
+      # (restrict, command=): the account can run the dispatcher and nothing
+      # else, however a key got there. ExposeAuthInfo tells the dispatcher
+      # which key logged in (SSH_USER_AUTH), so a key that is not in the
+      # registry gets nothing. Last in sshd_config, since nothing global may
+      # follow a Match block.
       extraConfig = lib.mkAfter ''
         Match User ${cfg.user}
           AllowAgentForwarding no
@@ -508,6 +542,7 @@ in
           X11Forwarding no
           AuthenticationMethods publickey
           MaxSessions ${toString cfg.maxSessions}
+          ExposeAuthInfo yes
           ForceCommand ${serveCommand}
         Match All
       '';

@@ -3,8 +3,9 @@
 # lib directory: the `lib` of a nixpkgs checkout or of nix-community/nixpkgs.lib.
 # `nix flake check` runs the same tests with the pinned nixpkgs' lib. Then
 # it hands what the modules write to the real tools that read it: Python
-# and pyflakes, sshd and ssh, and bash with the nixcache command (built
-# with go) and ssh-keygen for the key units' scripts.
+# and pyflakes, sshd and ssh, bash with the nixcache command (built with
+# go) and ssh-keygen for the key units' scripts, and that nixcache for the
+# server's registry and dispatcher and the client's substituter command.
 #
 #   scripts/eval-modules.sh /path/to/nixpkgs.lib
 set -euo pipefail
@@ -65,13 +66,19 @@ fi
 effective() { "$sshd" -T -f "${2:-$tmp/sshd_config}" -C "user=$1,host=client,addr=127.0.0.1"; }
 # (grep -q would close the pipe early, which pipefail reports as a failure.)
 for_cache=$(effective nix-ssh) for_others=$(effective alice)
-for want in "forcecommand /nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-store --serve" \
-  "permittty no" "allowtcpforwarding no" "allowagentforwarding no" "x11forwarding no" \
+forced=$(sed -n 's/^forcecommand //p' <<<"$for_cache")
+nix=/nix/store/00000000000000000000000000000000-nix-2.34.6/bin
+for want in "forcecommand /nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache serve --registry /etc/nixcache/clients.toml --nix-store $nix/nix-store --nix-daemon $nix/nix-daemon" \
+  "exposeauthinfo yes" "permittty no" "allowtcpforwarding no" "allowagentforwarding no" "x11forwarding no" \
   "permittunnel no" "permituserrc no" "authenticationmethods publickey" "maxsessions 10" "maxstartups 64:30:256"; do
   grep -qx "$want" <<<"$for_cache" || { echo "sshd -T for nix-ssh lacks '$want'" >&2; exit 1; }
 done
 if ! grep -qx "forcecommand none" <<<"$for_others"; then
   echo "sshd forces the serve command on other users too" >&2
+  exit 1
+fi
+if ! grep -qx "exposeauthinfo no" <<<"$for_others"; then
+  echo "sshd exposes authentication details to other users' sessions too" >&2
   exit 1
 fi
 # MaxSessions is OpenSSH's 10 inside and outside the block; the server's
@@ -189,6 +196,88 @@ if [ -e "$tmp/pasted" ] || [ "$words" != "$want" ]; then
   exit 1
 fi
 echo "passed: the client's line for the admin is nixcache clients add, whatever the key's comment"
+
+# The registry the server's dispatcher reads, through the check its build
+# runs, with the real CLI.
+fake_nixcache=/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache
+target="$tmp/registry" bash -e -c "$(sed "s|$fake_nixcache|$bin/nixcache|" "$tmp/registryCheck")" ||
+  { echo "the build's check refuses the registry the module renders" >&2; exit 1; }
+echo "passed: the CLI reads the registry the module renders for the dispatcher, as the build checks"
+
+# The dispatcher as sshd runs it for nix-ssh: the ForceCommand sshd -T
+# reported, with ExposeAuthInfo's record of the key that logged in; and as
+# an authorized_keys line runs it, without that record. The Nix programs
+# are stand-ins that say how they were run.
+stubs="$tmp/stubs"
+mkdir -p "$stubs"
+for p in nix-store nix-daemon; do
+  printf '#!/bin/sh\necho "%s $*"\n' "$p" > "$stubs/$p"
+  chmod +x "$stubs/$p"
+done
+# real REGISTRY: a rendered command, run with the nixcache just built, the
+# stand-ins and REGISTRY.
+real() { sed -e "s|$fake_nixcache|$bin/nixcache|" -e "s|/etc/nixcache/clients.toml|$1|" -e "s|$nix/|$stubs/|g"; }
+# login COMMAND PUB ORIGINAL: COMMAND for a login with the key PUB (none
+# if empty) that asked to run ORIGINAL.
+login() {
+  local auth=()
+  if [ -n "$2" ]; then
+    printf 'publickey %s\n' "$(cut -d' ' -f1,2 "$2")" > "$tmp/auth"
+    auth=(SSH_USER_AUTH="$tmp/auth")
+  fi
+  env -i PATH="$PATH" SSH_CONNECTION="127.0.0.1 50000 127.0.0.1 22" SSH_ORIGINAL_COMMAND="$3" "${auth[@]}" \
+    bash -c "$1" < /dev/null > "$tmp/login.out" 2> "$tmp/login.err"
+}
+served() {
+  login "$@" || { echo "the dispatcher refused '$3' to $2:" >&2; cat "$tmp/login.err" >&2; exit 1; }
+}
+refused_login() {
+  if login "$@" || [ -s "$tmp/login.out" ]; then
+    echo "the dispatcher served '$3' to ${2:-a login without ExposeAuthInfo}:" >&2
+    cat "$tmp/login.out" "$tmp/login.err" >&2
+    exit 1
+  fi
+}
+registered=tests/nixos/test-keys/client_ed25519.pub
+ssh-keygen -q -t ed25519 -N '' -f "$tmp/outsider"
+dispatch=$(real "$tmp/registry" <<<"$forced")
+served "$dispatch" "$registered" "nix-store --serve --write"
+[ "$(cat "$tmp/login.out")" = "nix-store --serve" ] ||
+  { echo "the dispatcher ran $(cat "$tmp/login.out") for nix-store --serve --write" >&2; exit 1; }
+refused_login "$dispatch" "$tmp/outsider.pub" "nix-store --serve"
+grep -q "not in the clients registry" "$tmp/login.err" ||
+  { echo "an outsider's refusal does not say why:" >&2; cat "$tmp/login.err" >&2; exit 1; }
+for asked in "nix-daemon --stdio" "" "id" "sh -c id"; do
+  refused_login "$dispatch" "$registered" "$asked"
+done
+# A rebuild that revokes the key reaches a connection made before it,
+# whose ForceCommand is the old one: the registry is read at each login.
+refused_login "$(real tests/nixos/registry-revoked.toml <<<"$forced")" "$registered" "nix-store --serve"
+# Without sshd's Match block, each authorized_keys line names its client.
+line=$(sed -n 's/^restrict,command="\([^"]*\)" .* nixcache:client$/\1/p' "$tmp/authorizedKeys")
+served "$(real "$tmp/registry" <<<"$line")" "" "nix-store --serve"
+[ "$(cat "$tmp/login.out")" = "nix-store --serve" ] || { echo "the client's line ran $(cat "$tmp/login.out")" >&2; exit 1; }
+refused_login "$(real "$tmp/registry" <<<"$line")" "" "nix-daemon --stdio"
+refused_login "$(real tests/nixos/registry-revoked.toml <<<"$line")" "" "nix-store --serve"
+echo "passed: the dispatcher serves a registered key nix-store --serve, read-only, and nothing else, and an outsider nothing"
+
+# The client's substituter command, with the nixcache just built: every
+# flag the module passes is one the CLI takes (a usage error exits 2). It
+# reaches a closed loopback port instead of the VM's server.
+ssh-keygen -q -t ed25519 -N '' -f "$keys/substituter_key"
+mkdir -p "$tmp/cache"
+sub=$(sed -e "s|$fake_nixcache|$bin/nixcache|" -e "s|%d/ssh-key|$keys/substituter_key|" \
+  -e "s|--known-hosts-file [^ ]*|--known-hosts-file $tmp/knownHosts|" -e "s|%C/|$tmp/cache/|" \
+  -e "s|--cache ssh://\([^@]*\)@[^ ]*|--cache ssh://\1@127.0.0.1:1|" -e "s|--listen [^ ]*|--listen 127.0.0.1:0|" \
+  "$tmp/substituterCommand")
+rc=0
+timeout 10 bash -c "$sub" < /dev/null > "$tmp/substituter.out" 2> "$tmp/substituter.err" || rc=$?
+if [ "$rc" = 2 ] || grep -qi "usage" "$tmp/substituter.err"; then
+  echo "the CLI refuses the substituter command the module writes: $sub" >&2
+  cat "$tmp/substituter.err" >&2
+  exit 1
+fi
+echo "passed: the CLI takes the substituter command the module writes"
 
 # Another owner needs root to make.
 if [ "$(id -u)" = 0 ]; then

@@ -5,6 +5,8 @@
   expect,
   failedAssertions,
   fakePackage,
+  storeText,
+  confinedRoot,
   ...
 }:
 let
@@ -121,6 +123,125 @@ in
       "ssh-ng://nix-ssh@cache.example.org"
       "https://cache.nixos.org/"
     ];
+
+  "client: protocol nixcache: Nix substitutes from the local substituter, trusting the cache's key" =
+    let
+      config = client { protocol = "nixcache"; } { };
+      other = client {
+        protocol = "nixcache";
+        substituterPort = 8080;
+      } { };
+    in
+    expect.accepted config
+    ++ expect.eq "substituters" config.nix.settings.substituters [
+      "http://127.0.0.1:37515"
+      "https://cache.nixos.org/"
+    ]
+    ++ expect.eq "trusted-public-keys" (lib.last config.nix.settings.trusted-public-keys) publicKey
+    ++ expect.eq "fallback" config.nix.settings.fallback true
+    ++ expect.eq "another port" (lib.head other.nix.settings.substituters) "http://127.0.0.1:8080"
+    ++ expect.true "listens there" (
+      lib.hasInfix " --listen 127.0.0.1:8080 " other.systemd.services.nixcache-substituter.serviceConfig.ExecStart
+    )
+    ++ expect.eq "no substituter unit for ssh" (minimal.systemd.services ? nixcache-substituter) false
+    ++ expect.eq "nor for the daemon" (minimal.systemd.services ? nix-daemon) false;
+
+  "client: the substituter logs in with the daemon's key, pinning the host key alone" =
+    let
+      config = client {
+        protocol = "nixcache";
+        port = 2222;
+        sshKeyFile = "/root/.ssh/nixcache";
+      } { };
+      unit = config.systemd.services.nixcache-substituter;
+    in
+    expect.eq "ExecStart" unit.serviceConfig.ExecStart (
+      lib.concatStringsSep " " [
+        "/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache client substituter"
+        "--cache ssh://nix-ssh@cache.example.org:2222"
+        "--listen 127.0.0.1:37515"
+        "--identity-file %d/ssh-key"
+        "--known-hosts-file ${storeText "nixcache-known-hosts" "[cache.example.org]:2222 ${hostKey}\n"}"
+        "--channels 8"
+        "--server-max-sessions 10"
+        "--spool-dir %C/nixcache-substituter"
+      ]
+    )
+    ++ expect.eq "the key, as a credential" unit.serviceConfig.LoadCredential [ "ssh-key:/root/.ssh/nixcache" ]
+    ++ expect.true "after the key is checked, and not without it" (
+      lib.elem "nixcache-client-key.service" unit.requires && lib.elem "nixcache-client-key.service" unit.after
+    )
+    ++ expect.true "after the network is up" (
+      lib.elem "network-online.target" unit.wants && lib.elem "network-online.target" unit.after
+    )
+    ++ expect.true "starts at boot and keeps restarting" (
+      lib.elem "multi-user.target" unit.wantedBy
+      && unit.serviceConfig.Restart == "always"
+      && unit.unitConfig.StartLimitIntervalSec == 0
+    )
+    ++ expect.true "the daemon wants it, and starts after it" (
+      lib.elem "nixcache-substituter.service" config.systemd.services.nix-daemon.wants
+      && lib.elem "nixcache-substituter.service" config.systemd.services.nix-daemon.after
+    );
+
+  # Root only where it must be: the credential gives an unprivileged user
+  # a private copy of the root-only key.
+  "client: the substituter runs unprivileged and confined, with the network alone" =
+    let
+      sc = (client { protocol = "nixcache"; } { }).systemd.services.nixcache-substituter.serviceConfig;
+      networked = {
+        PrivateNetwork = null;
+        IPAddressDeny = null;
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+        ];
+        # Root's ssh directory (join's) hidden, not read.
+        ProtectHome = "tmpfs";
+      };
+    in
+    expect.eq "DynamicUser" (sc.DynamicUser or null) true
+    ++ expect.eq "CacheDirectory" (sc.CacheDirectory or null) "nixcache-substituter"
+    ++ lib.concatLists (
+      lib.mapAttrsToList (key: want: expect.eq "substituter's ${key}" (sc.${key} or null) want) (
+        removeAttrs confinedRoot [
+          "PrivateNetwork"
+          "IPAddressDeny"
+          "RestrictAddressFamilies"
+          "ProtectHome"
+        ]
+        // networked
+      )
+    );
+
+  "client: the substituter's channels stay under the cache's MaxSessions" =
+    let
+      channels = settings: client ({ protocol = "nixcache"; } // settings) { };
+      execStart = config: config.systemd.services.nixcache-substituter.serviceConfig.ExecStart;
+    in
+    expect.eq "8 by default" (channels { }).services.nixcache.client.channels 8
+    ++ expect.true "fewer when the cache allows fewer" (
+      lib.hasInfix "--channels 4 --server-max-sessions 4 " (execStart (channels { maxSessions = 4; }))
+    )
+    ++ expect.accepted (channels { maxSessions = 4; })
+    ++ expect.accepted (channels {
+      channels = 16;
+      maxSessions = 16;
+    })
+    ++ expect.refused (channels { channels = 11; }) [
+      "channels = 11 is more than the cache's sshd MaxSessions"
+      "maxSessions = 10"
+      "raise services.nixcache.server.maxSessions"
+    ]
+    ++ expect.accepted (client { channels = 11; } { });
+
+  # maxConnections is for Nix's own ssh stores, which protocol nixcache
+  # does not use.
+  "client: protocol nixcache leaves maxConnections alone" =
+    expect.accepted (client {
+      protocol = "nixcache";
+      maxConnections = 11;
+    } { nix.package = nixPackage "nix" "2.31.4"; });
 
   "client: an admin's fallback setting wins" =
     expect.eq "fallback" (client { } { nix.settings.fallback = false; }).nix.settings.fallback false;

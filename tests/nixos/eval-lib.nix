@@ -18,13 +18,29 @@ let
     pname: version: attrs:
     fake "${pname}-${version}" ({ inherit pname version; } // attrs);
 
+  # A file written to the store: as in the real store its path depends on
+  # its content, so a case can tell which text a module wrote from the path
+  # alone (storeText NAME TEXT); the text and other arguments are kept.
+  storeText =
+    name: text:
+    "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+  storeFile =
+    args:
+    {
+      type = "derivation";
+      inherit (args) name;
+      outPath = storeText args.name args.text;
+    }
+    // args;
+
   # The only pkgs functions the modules and the VM test call; the package
   # stands in for pkgs.callPackage ../../nixos/package.nix { }.
   pkgs = {
     inherit lib;
     callPackage = _: _: fakePackage "nixcache" "0.1.0" { meta.mainProgram = "nixcache"; };
     coreutils = fakePackage "coreutils" "9.7" { };
-    writeText = name: _: storePath name;
+    writeText = name: text: storeFile { inherit name text; };
+    writeTextFile = storeFile;
   };
 
   # config and options, for cases that read an option's declaration.
@@ -124,6 +140,8 @@ in
     lib
     fake
     fakePackage
+    storeText
+    confinedRoot
     evalModules
     evalConfig
     failedAssertions

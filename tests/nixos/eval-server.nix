@@ -13,8 +13,20 @@ let
   build02Key = lib.concatStringsSep " " (
     lib.take 2 (lib.splitString " " (lib.fileContents ./test-keys/build-02_ed25519.pub))
   );
-  nixStore = "/nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-store";
-  line = command: key: name: "restrict,command=\"${command}\" ${key} nixcache:${name}";
+  nix = "/nix/store/00000000000000000000000000000000-nix-2.34.6";
+  # Every protocol goes through the dispatcher; ssh-ng also lets clients
+  # run nix-daemon --stdio.
+  dispatcher = "/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache serve --registry /etc/nixcache/clients.toml --nix-store ${nix}/bin/nix-store --nix-daemon ${nix}/bin/nix-daemon";
+  dispatcherNg = "${dispatcher} --allow-ssh-ng";
+  line = command: key: name: "restrict,command=\"${command} --client ${name}\" ${key} nixcache:${name}";
+  matchBlock = config: lib.last (lib.splitString "Match User nix-ssh\n" config.services.openssh.extraConfig);
+  registryText = config: config.environment.etc."nixcache/clients.toml".source.text;
+  # The module's first lines instead of the CLI's one.
+  moduleHeader = ''
+    # Written by the nixcache NixOS module from services.nixcache.server.clients
+    # and registryFile: the clients `nixcache serve` lets in. Change those.
+  '';
+  asWritten = file: moduleHeader + lib.concatStringsSep "\n" (lib.tail (lib.splitString "\n" (builtins.readFile file)));
 
   server =
     settings:
@@ -77,21 +89,23 @@ in
       lib.hasInfix "secret-key-file = \"/var/lib/nixcache/secret-key\"" minimal.environment.etc."nixcache/config.toml".text
     );
 
-  "server: clients get read-only, restricted keys" =
+  "server: every login goes through the dispatcher, which knows each key's client" =
     let
       user = minimal.users.users.nix-ssh;
+      block = matchBlock minimal;
     in
-    expect.eq "authorized keys" user.openssh.authorizedKeys.keys [
-      (line "${nixStore} --serve" clientKeyBare "laptop")
+    expect.eq "authorized keys name their client" user.openssh.authorizedKeys.keys [
+      (line dispatcher clientKeyBare "laptop")
     ]
     ++ expect.true "a system user" (user.isSystemUser && user.group == "nix-ssh")
     ++ expect.true "its group exists" (minimal.users.groups ? nix-ssh)
-    ++ expect.true "sshd forces the serve command, without --write" (
-      lib.hasInfix "Match User nix-ssh\n" minimal.services.openssh.extraConfig
-      && lib.hasInfix "ForceCommand ${nixStore} --serve\n" minimal.services.openssh.extraConfig
-      && !lib.hasInfix "--write" minimal.services.openssh.extraConfig
-      && lib.hasInfix "PermitTTY no" minimal.services.openssh.extraConfig
-      && lib.hasInfix "AllowTcpForwarding no" minimal.services.openssh.extraConfig
+    ++ expect.true "sshd forces the dispatcher, read-only, and tells it which key logged in" (
+      lib.hasInfix "\n  ForceCommand ${dispatcher}\n" block
+      && lib.hasInfix "\n  ExposeAuthInfo yes\n" block
+      && !lib.hasInfix "--write" block
+      && !lib.hasInfix "--allow-ssh-ng" block
+      && lib.hasInfix "PermitTTY no" block
+      && lib.hasInfix "AllowTcpForwarding no" block
     )
     ++ expect.true "the Match block is closed" (lib.hasSuffix "Match All\n" minimal.services.openssh.extraConfig)
     ++ expect.eq "sshd's port is open, as NixOS opens it" minimal.networking.firewall.allowedTCPPorts [ 22 ]
@@ -216,27 +230,68 @@ in
     in
     expect.accepted config
     ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
-      (line "${nixStore} --serve" "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T" "a-laptop")
-      (line "${nixStore} --serve" build02Key "build-02")
-      (line "${nixStore} --serve" clientKeyBare "client")
-    ];
+      (line dispatcher "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T" "a-laptop")
+      (line dispatcher build02Key "build-02")
+      (line dispatcher clientKeyBare "client")
+    ]
+    ++ expect.eq "the dispatcher's registry" (registryText config) (
+      moduleHeader
+      + ''
+        version = 1
+
+        [clients.a-laptop]
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T"
+      ''
+      + lib.concatStringsSep "\n" (lib.drop 2 (lib.splitString "\n" (builtins.readFile ./registry.toml)))
+    );
+
+  # What the dispatcher reads is what `nixcache clients` writes (the Go test
+  # in ./module_test.go compares the two for any registry), and the CLI
+  # itself reads it when the file is built: a registry it would refuse at
+  # every login fails the build instead.
+  "server: the dispatcher's registry is the CLI's, checked by the CLI at build time" =
+    let
+      config = server { registryFile = ./registry.toml; };
+      file = config.environment.etc."nixcache/clients.toml".source;
+    in
+    expect.eq "text" (registryText config) (asWritten ./registry.toml)
+    ++ expect.eq "revoked" (registryText (server { registryFile = ./registry-revoked.toml; })) (
+      asWritten ./registry-revoked.toml
+    )
+    ++ expect.eq "checked" file.checkPhase ''
+      /nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache clients list --registry "$target" > /dev/null
+    '';
+
+  "server: refuses a comment the CLI would refuse at every login" =
+    let
+      commented =
+        comment:
+        server {
+          clients.laptop = {
+            key = clientKey;
+            inherit comment;
+          };
+        };
+    in
+    expect.refused (commented "Ana\nrm -rf") [ "the comment of client \"laptop\" has a control character" ]
+    ++ expect.refused (commented "a\tb") [ "control character" ]
+    ++ expect.accepted (commented "Ana's \"laptop\" \\ ünïcode");
 
   "server: revoking in the registry removes the key" =
     let
       config = server { registryFile = ./registry-revoked.toml; };
     in
     expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
-      (line "${nixStore} --serve" build02Key "build-02")
+      (line dispatcher build02Key "build-02")
     ];
 
-  "server: ssh-ng serves nix-daemon --stdio, with a warning" =
+  "server: ssh-ng lets the dispatcher serve nix-daemon --stdio, with a warning" =
     let
       config = withClient { protocol = "ssh-ng"; };
-      daemon = "/nix/store/00000000000000000000000000000000-nix-2.34.6/bin/nix-daemon --stdio";
     in
-    expect.true "ForceCommand" (lib.hasInfix "ForceCommand ${daemon}\n" config.services.openssh.extraConfig)
+    expect.true "ForceCommand" (lib.hasInfix "\n  ForceCommand ${dispatcherNg}\n" (matchBlock config))
     ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
-      (line daemon clientKeyBare "laptop")
+      (line dispatcherNg clientKeyBare "laptop")
     ]
     ++ expect.true "a warning says what clients may do" (
       lib.any (w: lib.hasInfix "can build on this machine" w) config.warnings

@@ -14,6 +14,7 @@ let
   nodes = vmNodes;
   specialisation = name: vmNode "server" [ nodes.server.specialisation.${name}.configuration ];
   rotated = specialisation "rotated";
+  channel = vmNode "client" [ nodes.client.specialisation.channel.configuration ];
   revoked = specialisation "revoked";
 in
 {
@@ -30,6 +31,11 @@ in
     ++ expect.eq "expected key" rotated.services.nixcache.server.publicKey (
       lib.fileContents ./test-keys/signing-2.public
     );
+
+  "vm test: the client's channel specialisation runs the substituter" =
+    expect.accepted channel
+    ++ expect.eq "substituter" (lib.head channel.nix.settings.substituters) "http://127.0.0.1:37515"
+    ++ expect.true "unit" (channel.systemd.services ? nixcache-substituter);
 
   "vm test: the revoked server has only build-02" =
     expect.accepted revoked

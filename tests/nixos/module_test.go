@@ -52,9 +52,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// moduleLines evaluates nixos/registry.nix as the server module does:
-// the registry file's clients, rendered with command.
-func moduleLines(t *testing.T, registry, command string) (lines, problems []string) {
+// moduleHeader stands for the server module's own first lines.
+const moduleHeader = "# rendered by nixos/registry.nix\n"
+
+// moduleRender evaluates nixos/registry.nix as the server module does: the
+// registry file's clients, rendered as authorized_keys lines with command
+// and as the registry file the dispatcher reads.
+func moduleRender(t *testing.T, registry, command string) (lines []string, toml string, problems []string) {
 	t.Helper()
 	abs, err := filepath.Abs(registry)
 	if err != nil {
@@ -68,7 +72,11 @@ func moduleLines(t *testing.T, registry, command string) (lines, problems []stri
 let
   r = import (/. + registryNix);
   m = r.merge [ (r.readFile (/. + file)) ];
-in { inherit (m) problems; lines = r.authorizedKeys { inherit (m) clients; inherit command; }; }`
+in {
+  inherit (m) problems;
+  lines = r.authorizedKeys { inherit (m) clients; command = _: command; };
+  toml = r.toTOML { inherit (m) clients; header = "# rendered by nixos/registry.nix\n"; };
+}`
 	exprFile := filepath.Join(t.TempDir(), "eval.nix")
 	if err := os.WriteFile(exprFile, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
@@ -76,11 +84,20 @@ in { inherit (m) problems; lines = r.authorizedKeys { inherit (m) clients; inher
 	// dummy://: evaluation needs no store, so no daemon and no root.
 	out := run(t, "nix-instantiate", "--option", "store", "dummy://", "--eval", "--strict", "--json", exprFile,
 		"--argstr", "registryNix", registryNix, "--argstr", "file", abs, "--argstr", "command", command)
-	var v struct{ Problems, Lines []string }
+	var v struct {
+		Problems, Lines []string
+		TOML            string
+	}
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
 		t.Fatalf("decoding %s: %v", out, err)
 	}
-	return v.Lines, v.Problems
+	return v.Lines, v.TOML, v.Problems
+}
+
+// listed is what `nixcache clients list --json` reads from registry.
+func listed(t *testing.T, registry string) string {
+	t.Helper()
+	return run(t, nixcache, "clients", "list", "--json", "--registry", registry)
 }
 
 // cliLines is what `nixcache clients authorized-keys` renders, without its
@@ -118,6 +135,7 @@ func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
 		{"zz-last", "root@zz", ""},
 		{"build-01", "root@build-01", "CI runner"},
 		{"a.laptop_2", "", "Ana's \"laptop\""},
+		{"c", "", `C:\Users\ana ünïcode € 'x' #1 = [t]`},
 	} {
 		key := newKey(t, dir, c.name, c.keyComment)
 		args := []string{"clients", "add", "--registry", fresh, "--key", key}
@@ -133,7 +151,7 @@ func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
 			{"ssh-ng", nixDaemon, nixDaemon + " --stdio"},
 		} {
 			want := cliLines(t, registry, p.protocol, p.program)
-			got, problems := moduleLines(t, registry, p.command)
+			got, _, problems := moduleRender(t, registry, p.command)
 			if len(problems) > 0 {
 				t.Errorf("%s: the module refuses what the CLI wrote: %q", registry, problems)
 			}
@@ -141,6 +159,47 @@ func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
 				t.Errorf("%s, %s: the module renders\n%s\nthe CLI renders\n%s", registry, p.protocol,
 					strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
+		}
+	}
+}
+
+// The registry file the server module writes for `nixcache serve` is what
+// `nixcache clients` writes for the same clients, below the module's own
+// header, and the CLI reads the same clients from it.
+func TestModuleWritesTheRegistryTheCLIReads(t *testing.T) {
+	dir := t.TempDir()
+	fresh := filepath.Join(dir, "clients.toml")
+	for _, c := range []struct{ name, comment string }{
+		{"zz-last", ""},
+		{"a.laptop_2", `Ana's "laptop" \ C:\Users`},
+		{"b", "ünïcode € 'x' #1 = [t] \\u0041"},
+		{"build.01", "x"},
+	} {
+		args := []string{"clients", "add", "--registry", fresh, "--key", newKey(t, dir, c.name, "")}
+		if c.comment != "" {
+			args = append(args, "--comment", c.comment)
+		}
+		run(t, nixcache, append(args, c.name)...)
+	}
+	for _, registry := range []string{fresh, "registry.toml", "registry-revoked.toml"} {
+		_, toml, problems := moduleRender(t, registry, "unused")
+		if len(problems) > 0 {
+			t.Errorf("%s: the module refuses what the CLI wrote: %q", registry, problems)
+		}
+		cli, err := os.ReadFile(registry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, body, _ := strings.Cut(string(cli), "\n")
+		if toml != moduleHeader+body {
+			t.Errorf("%s: the module writes\n%s\nthe CLI writes\n%s", registry, toml, cli)
+		}
+		rendered := filepath.Join(dir, "rendered.toml")
+		if err := os.WriteFile(rendered, []byte(toml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := listed(t, rendered), listed(t, registry); got != want {
+			t.Errorf("%s: nixcache clients list reads\n%s\nfrom what the module writes, and\n%s\nfrom the registry", registry, got, want)
 		}
 	}
 }
@@ -153,7 +212,7 @@ func TestModuleRefusesANewerRegistry(t *testing.T) {
 	if err := os.WriteFile(registry, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lines, problems := moduleLines(t, registry, nixStore+" --serve")
+	lines, _, problems := moduleRender(t, registry, nixStore+" --serve")
 	if len(lines) != 0 || len(problems) != 1 || !strings.Contains(problems[0], "registry version 2 is not version 1") {
 		t.Errorf("lines %q, problems %q; want no lines and the version named", lines, problems)
 	}

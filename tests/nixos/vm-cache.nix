@@ -104,6 +104,9 @@ in
       system.activationScripts.nixcacheTestKey = ''
         install -D -m 0600 ${./test-keys/client_ed25519} /var/lib/nixcache/client/ssh_ed25519
       '';
+      # Nix fetches from the local substituter, which holds one SSH
+      # connection to the cache.
+      specialisation.channel.configuration.services.nixcache.client.protocol = "nixcache";
     };
 
     # Same module, own key generated at boot, never registered. Under /root,
@@ -120,6 +123,8 @@ in
     let
       srv = nodes.server.services.nixcache.server;
       cli = nodes.client.services.nixcache.client;
+      # The channel specialisation changes the protocol alone.
+      local = "http://127.0.0.1:${toString cli.substituterPort}";
       outsiderKey = nodes.outsider.services.nixcache.client.sshKeyFile;
       gcRoots = srv.gcRootsDir;
     in
@@ -225,6 +230,22 @@ in
           server.wait_until_succeeds(f"nix path-info --sigs {copied} | grep -q '${srv.keyName}:'", timeout=120)
           status, out = substitute(client, copied, trust=boot_key)
           assert status == 0, out
+
+      with subtest("protocol nixcache: the local substituter fetches a signed path over the channel"):
+          client.succeed("/run/booted-system/specialisation/channel/bin/switch-to-configuration test >&2")
+          client.wait_for_unit("nixcache-substituter.service")
+          client.succeed("nix config show | grep '^substituters = ${local} https://cache.nixos.org/'")
+          client.wait_until_succeeds("curl -sf ${local}/nix-cache-info", timeout=60)
+          through = built_on_client_then_forgotten("through-the-channel")
+          server.wait_until_succeeds(f"nix path-info --sigs {through} | grep -q '${srv.keyName}:'", timeout=120)
+          # A miss is remembered for an hour by default: not while the
+          # substituter may still be connecting.
+          trust = f"--option extra-trusted-public-keys {shlex.quote(boot_key)}"
+          client.wait_until_succeeds(f"nix-store --realise {through} {trust} --option narinfo-cache-negative-ttl 0", timeout=60)
+          client.succeed(f"nix store verify --sigs-needed 1 {trust} {through}")
+          # Back to ssh://, for the stories that follow; the substituter stops.
+          client.succeed("/run/booted-system/bin/switch-to-configuration test >&2")
+          client.fail("systemctl is-active nixcache-substituter.service")
 
       with subtest("the outsider is refused"):
           outsider.wait_for_unit("nixcache-client-key.service")
