@@ -65,13 +65,21 @@ type Server struct {
 	mu        sync.Mutex
 	cacheInfo []byte
 	calls     map[string]*narinfoCall
-	// seen holds the NARs already prefetched or asked for, so that each
-	// is fetched ahead once; it is cleared when it grows too large.
-	seen map[string]bool
+	// seen holds the NARs already prefetched or asked for by Nix, so
+	// that each is fetched ahead once and none after Nix asked for it; it
+	// is cleared when it grows too large.
+	seen map[string]seenBy
 
 	narinfoQueue chan string
 	narQueue     chan narJob
 }
+
+type seenBy uint8
+
+const (
+	seenByPrefetch seenBy = 1 << iota
+	seenByNix
+)
 
 // narJob is a NAR to prefetch: its file name and size.
 type narJob struct {
@@ -122,7 +130,7 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		narinfos:       newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
 		narinfoTimeout: narinfoTimeout,
 		calls:          map[string]*narinfoCall{},
-		seen:           map[string]bool{},
+		seen:           map[string]seenBy{},
 		narinfoQueue:   make(chan string, prefetchQueue),
 		narQueue:       make(chan narJob, prefetchQueue),
 	}
@@ -322,7 +330,7 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	s.markSeen(req.name)
+	s.markSeen(req.name, seenByNix)
 	if s.spool != nil {
 		e, body, err := s.spool.claim(req.name)
 		if err != nil {
@@ -402,19 +410,22 @@ func reply(w http.ResponseWriter, r *http.Request, contentType string, body []by
 	}
 }
 
-// markSeen records that the NAR name was prefetched or asked for, and
-// reports whether it had been before.
-func (s *Server) markSeen(name string) bool {
+// markSeen records who asked for the NAR name and returns who had before.
+func (s *Server) markSeen(name string, by seenBy) seenBy {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seen[name] {
-		return true
-	}
-	if len(s.seen) >= prefetchQueue*4 {
+	before, ok := s.seen[name]
+	if !ok && len(s.seen) >= prefetchQueue*4 {
 		clear(s.seen)
 	}
-	s.seen[name] = true
-	return false
+	s.seen[name] = before | by
+	return before
+}
+
+func (s *Server) askedByNix(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[name]&seenByNix != 0
 }
 
 // prefetch queues the work a narinfo announces: the narinfos of the
@@ -468,7 +479,7 @@ func (s *Server) prefetchNARs() {
 		case <-s.ctx.Done():
 			return
 		case job := <-s.narQueue:
-			if s.markSeen(job.file) {
+			if s.markSeen(job.file, seenByPrefetch) != 0 {
 				continue
 			}
 			s.prefetchNAR(job)
@@ -476,14 +487,31 @@ func (s *Server) prefetchNARs() {
 	}
 }
 
+// roomPoll is how often a prefetch waiting for room in the spool looks
+// again.
+const roomPoll = 100 * time.Millisecond
+
 func (s *Server) prefetchNAR(job narJob) {
-	e, err := s.spool.reserve(job.file, job.size)
-	if err != nil {
-		s.opt.Logf("spool: %v", err)
-		return
-	}
-	if e == nil {
-		return
+	var e *spooled
+	for {
+		// Once Nix asked for the NAR, it got it streamed.
+		if s.askedByNix(job.file) || s.spool.has(job.file) {
+			return
+		}
+		var err error
+		if e, err = s.spool.reserve(job.file, job.size); err != nil {
+			s.opt.Logf("spool: %v", err)
+			return
+		}
+		if e != nil {
+			break
+		}
+		// The spool is full: wait until Nix has taken enough out of it.
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(roomPoll):
+		}
 	}
 	resp, err := s.get(s.ctx, request{kind: nar, name: job.file}.upstreamPath())
 	if err != nil {

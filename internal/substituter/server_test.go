@@ -275,3 +275,37 @@ func TestUnaskedEncodingIsRefused(t *testing.T) {
 		t.Errorf("not logged:\n%s", f.logs)
 	}
 }
+
+// NARs that do not fit in the spool yet are fetched as Nix takes the
+// others out, unless Nix asks for them first.
+func TestPrefetchWaitsForRoom(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: 2000})
+	for i := 1; i <= 4; i++ {
+		f.cache.addPath(i, 1000)
+		if code, _ := f.get(t, "GET", "/"+storeHash(i)+".narinfo"); code != 200 {
+			t.Fatal(code)
+		}
+	}
+	waitFor(t, "two NARs in the spool", func() bool { return f.srv.spool.usedBytes() == 2000 })
+	time.Sleep(3 * roomPoll)
+	if n := f.cache.files.count("GET /nar/"); n != 2 {
+		t.Fatalf("%d NARs fetched into a spool with room for 2", n)
+	}
+	// Nix asks for NAR 4 (streamed: it is not in the spool), then takes
+	// 1 and 2 out: 3 is fetched ahead, 4 is not fetched again.
+	for _, i := range []int{4, 1, 2} {
+		if code, body := f.get(t, "GET", "/nar/"+narName(i)); code != 200 || len(body) != 1000 {
+			t.Fatalf("NAR %d: %d", i, code)
+		}
+	}
+	waitFor(t, "NAR 3 in the spool", func() bool { return f.cache.files.count("GET /nar/"+narName(3)) == 1 })
+	if code, _ := f.get(t, "GET", "/nar/"+narName(3)); code != 200 {
+		t.Fatal(code)
+	}
+	time.Sleep(3 * roomPoll)
+	for i := 1; i <= 4; i++ {
+		if n := f.cache.files.count("GET /nar/" + narName(i)); n != 1 {
+			t.Errorf("NAR %d fetched %d times, want 1", i, n)
+		}
+	}
+}

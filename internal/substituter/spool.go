@@ -54,8 +54,9 @@ func newSpool(dir string, budget int64) *spool {
 var errTooShort = errors.New("the cache sent less than the narinfo's size")
 
 // reserve makes room for the NAR name of size bytes and returns its entry,
-// whose download the caller then writes with write; nil when it is spooled
-// already or does not fit in what is left of the budget.
+// whose download the caller then writes with write; nil when it does not
+// fit in what is left of the budget. A NAR spooled already is never
+// reserved again (the prefetcher fetches each once).
 func (s *spool) reserve(name string, size int64) (*spooled, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -174,6 +175,14 @@ func (s *spool) releaseLocked(e *spooled) {
 		os.Remove(e.path)
 		s.used -= e.size
 	}
+}
+
+// has reports whether the NAR name is in the spool, unclaimed.
+func (s *spool) has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.entries[name]
+	return ok
 }
 
 // usedBytes is the room the spool holds now.
