@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,7 +81,7 @@ EXAMPLES:
 			args := strings.Fields(original)
 			switch {
 			case original == channelCommand:
-				return serveBinaryCache(c.Context, ui)
+				return serveBinaryCache(ui, stillRegistered(path, client))
 			case len(args) >= 2 && filepath.Base(args[0]) == "nix-store" && args[1] == "--serve":
 				return execProgram(c.String("nix-store"), "--serve")
 			case len(args) == 2 && filepath.Base(args[0]) == "nix-daemon" && args[1] == "--stdio":
@@ -158,14 +159,54 @@ func authenticatedKey(path string) (ssh.PublicKey, error) {
 }
 
 // serveBinaryCache speaks the binary-cache protocol on standard input and
-// output until the client closes the channel.
-func serveBinaryCache(ctx context.Context, ui *ui) error {
+// output until the client closes the channel, or allowed says the client
+// may no longer.
+func serveBinaryCache(ui *ui, allowed func() error) error {
 	h := &binarycache.Handler{
 		Dial: func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, daemon.SocketPath()) },
 		Logf: func(format string, args ...any) { fmt.Fprintf(ui.stderr, "nixcache: "+format+"\n", args...) },
 	}
 	defer h.Close()
-	return binarycache.ServeConn(stdio{}, h)
+	return binarycache.ServeConn(stdio{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := allowed(); err != nil {
+			fmt.Fprintf(ui.stderr, "nixcache: %v\n", err)
+			w.Header().Set("Connection", "close")
+			http.Error(w, "this client is no longer registered", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+}
+
+// stillRegistered checks, before each request on a channel, that the
+// client is still in the registry: a substituter keeps its channels open
+// for hours, and a revocation must end them, not wait for them. The file
+// is read again only when it changed.
+func stillRegistered(path string, client *registry.Client) func() error {
+	var seen os.FileInfo
+	var verdict error
+	return func() error {
+		st, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("the clients registry: %w", err)
+		}
+		if seen != nil && st.ModTime().Equal(seen.ModTime()) && st.Size() == seen.Size() && os.SameFile(st, seen) {
+			return verdict
+		}
+		seen, verdict = st, nil
+		r, err := registry.Load(path)
+		if err != nil {
+			verdict = err
+			return verdict
+		}
+		for _, c := range r.Clients() {
+			if c.Name == client.Name && bytes.Equal(c.Key.Marshal(), client.Key.Marshal()) {
+				return nil
+			}
+		}
+		verdict = fmt.Errorf("client %s was removed from the registry: its channel is closed", client.Name)
+		return verdict
+	}
 }
 
 // stdio is the SSH channel as sshd hands it to the forced command.

@@ -3,9 +3,12 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +88,54 @@ func TestServeDispatchesByWhatTheClientAsks(t *testing.T) {
 				t.Fatalf("stdout %q, stderr %q; want the refusal %q and nothing served", out, stderr, tc.refusal)
 			}
 		})
+	}
+}
+
+// A revocation ends a channel that is already open: the substituter keeps
+// its channels for hours.
+func TestServeEndsTheChannelsOfARevokedClient(t *testing.T) {
+	c := newCache(t, harness.Nixcache)
+	member := newClient(t, c.server, c.publicKey)
+	clients(t, c.server.Registry(), "add", "--key", member.PublicKey, "member")
+	if err := c.server.Authorize(member.PublicKey); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), harness.CommandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ssh", "-F", member.SSHConfig(), "-T", harness.HostAlias, "nixcache-binary-cache")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer in.Close()
+	out := bufio.NewReader(outPipe)
+	ask := func() int {
+		t.Helper()
+		if _, err := io.WriteString(in, "GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(out, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := ask(); got != http.StatusOK {
+		t.Fatalf("a registered client's request: %d", got)
+	}
+	clients(t, c.server.Registry(), "remove", "member")
+	if got := ask(); got != http.StatusForbidden {
+		t.Fatalf("the same channel after the client was removed: %d, want 403", got)
 	}
 }
 
