@@ -26,7 +26,7 @@ func substituterCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "substituter",
 		Usage:     "serve the cache to the local Nix as an HTTP binary cache, over one SSH connection",
-		UsageText: "nixcache client substituter [--cache ssh://USER@HOST[:PORT]] [--listen 127.0.0.1:PORT] [--channels N] [--server-max-sessions N] [--spool-dir DIR] [--spool-bytes SIZE] [--positive-ttl DURATION] [--negative-ttl DURATION] [--ssh-dir DIR]",
+		UsageText: "nixcache client substituter [--cache ssh://USER@HOST[:PORT]] [--listen 127.0.0.1:PORT] [--channels N] [--server-max-sessions N] [--spool-dir DIR] [--spool-bytes SIZE] [--positive-ttl DURATION] [--negative-ttl DURATION] [--ssh-dir DIR | --identity-file FILE --known-hosts-file FILE]",
 		Description: `Runs until stopped, as root (it uses the daemon's ssh key): listens on
 loopback and answers Nix's binary-cache HTTP API from the cache, over one SSH
 connection to the cache account made with the files 'nixcache client join'
@@ -74,6 +74,8 @@ EXAMPLES:
 			&cli.DurationFlag{Name: "positive-ttl", Value: substituter.DefaultPositiveTTL, Usage: "keep narinfos found for `DURATION`"},
 			&cli.DurationFlag{Name: "negative-ttl", Value: substituter.DefaultNegativeTTL, Usage: "remember paths not found for `DURATION`"},
 			&cli.StringFlag{Name: "ssh-dir", Usage: "root's ssh `DIR`, where join left the key and host key (default: " + string(sshconf.DefaultDir()) + ")"},
+			&cli.StringFlag{Name: "identity-file", Usage: "log in with the private key in `FILE` (default: join's, in --ssh-dir)"},
+			&cli.StringFlag{Name: "known-hosts-file", Usage: "accept only the host key pinned in `FILE` (default: join's, in --ssh-dir)"},
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
@@ -89,7 +91,14 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
-			return runSubstituter(c.Context, ui, dir, target, listen, opt)
+			files := substituterFiles{key: dir.KeyFile(), knownHosts: dir.KnownHosts()}
+			if f := c.String("identity-file"); f != "" {
+				files.key = f
+			}
+			if f := c.String("known-hosts-file"); f != "" {
+				files.knownHosts = f
+			}
+			return runSubstituter(c.Context, ui, files, target, listen, opt)
 		},
 	}
 }
@@ -200,8 +209,12 @@ func substituterTarget(cache string, dir sshconf.Dir) (sshconf.Target, error) {
 	return u.Target, nil
 }
 
-func runSubstituter(ctx context.Context, ui *ui, dir sshconf.Dir, target sshconf.Target, listen string, opt substituter.Options) error {
-	signer, err := substituter.ReadSigner(dir.KeyFile())
+// substituterFiles are what proves who is who: join's files in root's ssh
+// directory, or a service's own copies.
+type substituterFiles struct{ key, knownHosts string }
+
+func runSubstituter(ctx context.Context, ui *ui, files substituterFiles, target sshconf.Target, listen string, opt substituter.Options) error {
+	signer, err := substituter.ReadSigner(files.key)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return withHint(err, "run 'nixcache client join' first: it makes the daemon's key")
@@ -213,9 +226,9 @@ func runSubstituter(ctx context.Context, ui *ui, dir sshconf.Dir, target sshconf
 	}
 	logf := func(format string, args ...any) { ui.notef("substituter: "+format, args...) }
 	opt.Logf = logf
-	up, err := substituter.NewUpstream(substituter.UpstreamConfig{Target: target, Signer: signer, KnownHosts: dir.KnownHosts(), Logf: logf})
+	up, err := substituter.NewUpstream(substituter.UpstreamConfig{Target: target, Signer: signer, KnownHosts: files.knownHosts, Logf: logf})
 	if err != nil {
-		return substituterError(err, target, dir)
+		return substituterError(err, target, files)
 	}
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -223,7 +236,7 @@ func runSubstituter(ctx context.Context, ui *ui, dir sshconf.Dir, target sshconf
 	}
 	defer l.Close()
 	if err := up.Connect(ctx); err != nil {
-		return substituterError(err, target, dir)
+		return substituterError(err, target, files)
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -249,18 +262,18 @@ func runSubstituter(ctx context.Context, ui *ui, dir sshconf.Dir, target sshconf
 }
 
 // substituterError adds what to do to the errors that stop the substituter.
-func substituterError(err error, target sshconf.Target, dir sshconf.Dir) error {
+func substituterError(err error, target sshconf.Target, files substituterFiles) error {
 	var hk *substituter.HostKeyError
 	var auth *substituter.AuthError
 	switch {
 	case errors.As(err, &hk) && hk.Mismatch:
 		return withHint(err, "nothing was sent to the server",
 			"if its host key really changed, confirm the new fingerprint with the cache's admin",
-			fmt.Sprintf("then delete the line for %s from %q and run 'nixcache client join' again", target.KnownHostsName(), dir.KnownHosts()))
+			fmt.Sprintf("then delete the line for %s from %q and run 'nixcache client join' again", target.KnownHostsName(), files.knownHosts))
 	case errors.As(err, &hk):
 		return withHint(err, "run 'nixcache client join' first: it pins the cache's host key, which is the only one accepted")
 	case errors.As(err, &auth):
-		return withHint(err, fmt.Sprintf("ask the cache's admin to add this machine: the key's public line is in %q", dir.KeyFile()+".pub"))
+		return withHint(err, fmt.Sprintf("ask the cache's admin to add this machine: the key's public line is in %q", files.key+".pub"))
 	}
 	return err
 }
