@@ -177,12 +177,14 @@ func parseSize(s string) (int64, error) {
 
 // substituterTarget is the cache account to connect to: given, with the
 // port join recorded when none is given, or else the one cache joined.
+// join's records are read only when needed: a service given everything by
+// flags may not be able to read root's ssh directory.
 func substituterTarget(cache string, dir sshconf.Dir) (sshconf.Target, error) {
-	joined, err := dir.ReadManaged()
-	if err != nil {
-		return sshconf.Target{}, err
-	}
 	if cache == "" {
+		joined, err := dir.ReadManaged()
+		if err != nil {
+			return sshconf.Target{}, err
+		}
 		switch len(joined) {
 		case 1:
 			return joined[0].Target, nil
@@ -199,11 +201,16 @@ func substituterTarget(cache string, dir sshconf.Dir) (sshconf.Target, error) {
 	if u.Scheme != "ssh" {
 		return sshconf.Target{}, errUsage{fmt.Errorf("--cache %q: give it as ssh://USER@HOST[:PORT]; the substituter speaks its own protocol over ssh", cache)}
 	}
-	if raw, err := url.Parse(cache); err == nil && raw.Port() == "" {
-		for _, j := range joined {
-			if j.Target.User == u.Target.User && j.Target.Host == u.Target.Host {
-				u.Target.Port = j.Target.Port
-			}
+	if raw, err := url.Parse(cache); err == nil && raw.Port() != "" {
+		return u.Target, nil
+	}
+	joined, err := dir.ReadManaged()
+	if err != nil {
+		return sshconf.Target{}, err
+	}
+	for _, j := range joined {
+		if j.Target.User == u.Target.User && j.Target.Host == u.Target.Host {
+			u.Target.Port = j.Target.Port
 		}
 	}
 	return u.Target, nil
