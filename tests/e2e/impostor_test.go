@@ -77,8 +77,10 @@ func TestDoctorIgnoresImpostorDaemon(t *testing.T) {
 
 	// As nobody, in namespaces of its own: over the socket's directory a
 	// tmpfs (owned by the namespace's root, that is nobody), and in it the
-	// impostor's socket at the daemon's path.
-	cmd := exec.Command("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+	// impostor's socket at the daemon's path. (Through ownroot: the
+	// kernel refuses a user namespace to a chrooted process, and the tests
+	// may run in a chroot.)
+	cmd := exec.Command(env.OwnRoot(), "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 		"unshare", "--user", "--map-root-user", "--mount",
 		"sh", "-c", `mount -t tmpfs tmpfs "$1" && exec "$2"`, "sh", filepath.Dir(m.Socket), fake)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), impostorSocket + "=" + m.Socket,

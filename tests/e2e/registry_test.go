@@ -171,7 +171,7 @@ func startSSHDWithoutMatchBlock(t *testing.T, s *harness.Server) *bareSSHD {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--",
+	cmd := exec.Command(env.OwnRoot(),
 		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && exec "$4" -D -e -f "$5"`,
 		"sh", filepath.Join(s.Dir, "passwd"), filepath.Join(s.Dir, "group"), filepath.Join(s.Dir, "shadow"), sshdPath, cfgPath)
 	cmd.Env = env.Environ()

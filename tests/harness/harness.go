@@ -121,6 +121,12 @@ func (e *Env) start() error {
 	return err
 }
 
+// OwnRoot is the ownroot command (tests/harness/ownroot): a test that
+// needs a mount namespace of its own, or an unprivileged user namespace
+// (which the kernel refuses to a chrooted process), runs its command
+// through it, so that it works in a chroot too.
+func (e *Env) OwnRoot() string { return e.ownroot }
+
 // StartDaemon starts a nix-daemon for another store (a chroot store's URI,
 // such as "local?root=/some/dir") on socket, with the Env's configuration.
 // The returned function stops it.

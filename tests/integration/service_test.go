@@ -53,7 +53,7 @@ func TestFindDaemonRejectsUserNamespaceRoot(t *testing.T) {
 	dir := sharedDir(t)
 	socket := filepath.Join(dir, "socket")
 	pid, said := startFake(t, socket, []string{"NIX_SSHOPTS=-oProxyCommand=/bin/false"},
-		"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "unshare", "--user", "--map-root-user")
+		env.OwnRoot(), "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "unshare", "--user", "--map-root-user")
 	if said != "listening as uid 0" {
 		t.Fatalf("the fake daemon is not root in its namespace: %q", said)
 	}
@@ -73,7 +73,7 @@ func TestFindDaemonTakesTheSocketClientsReach(t *testing.T) {
 	dir := sharedDir(t)
 	socket := filepath.Join(dir, "socket")
 	shadow, _ := startFake(t, socket, []string{"NIX_CONF_DIR=/shadow"},
-		"unshare", "--mount", "--propagation", "private", "sh", "-c", `mount -t tmpfs tmpfs "$1" && shift && exec "$@"`, "sh", dir)
+		env.OwnRoot(), "sh", "-c", `mount -t tmpfs tmpfs "$1" && shift && exec "$@"`, "sh", dir)
 	time.Sleep(50 * time.Millisecond)
 	stop, err := env.StartDaemon("local", socket)
 	if err != nil {
