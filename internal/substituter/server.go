@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Options tune a Server; the zero value of each field means its default.
@@ -321,6 +323,11 @@ func (s *Server) get(ctx context.Context, path string) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	if strings.HasPrefix(path, "/nar/") {
+		// The cache compresses a NAR whose sample compresses (nixcache
+		// serve); narBody decodes it before Nix or the spool sees it.
+		req.Header.Set("Accept-Encoding", "zstd")
+	}
 	return s.client.Do(req)
 }
 
@@ -351,13 +358,17 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 		return
 	}
 	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusOK && encoded(resp):
-		s.opt.Logf("NAR %s: the cache sent Content-Encoding %q, which was not asked for", req.name, resp.Header.Get("Content-Encoding"))
-		http.Error(w, "nixcache substituter: the cache sent an encoding it was not asked for", http.StatusBadGateway)
-	case resp.StatusCode == http.StatusOK:
-		streamNAR(w, resp.Body, resp.ContentLength)
-	case resp.StatusCode == http.StatusNotFound:
+	switch resp.StatusCode {
+	case http.StatusOK:
+		body, size, err := narBody(resp)
+		if err != nil {
+			s.opt.Logf("NAR %s: %v", req.name, err)
+			http.Error(w, "nixcache substituter: the cache sent an encoding it was not asked for", http.StatusBadGateway)
+			return
+		}
+		defer body.Close()
+		streamNAR(w, body, size)
+	case http.StatusNotFound:
 		http.NotFound(w, r)
 	default:
 		s.opt.Logf("NAR %s: the cache answered %q", req.name, resp.Status)
@@ -365,13 +376,28 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 	}
 }
 
-// encoded reports whether the cache sent a NAR in an encoding. None is
-// asked for (Go has no zstd, and gzip would only cost CPU on a link ssh
-// already encrypts), so the NAR must come as it is: one passed on encoded
-// would fail Nix's hash check anyway, later and less clearly.
-func encoded(resp *http.Response) bool {
-	e := resp.Header.Get("Content-Encoding")
-	return e != "" && e != "identity"
+// maxWindow bounds the zstd window a cache may use, and so the decoder's
+// memory: nixcache serve compresses at zstd's fastest level, whose window
+// is far smaller.
+const maxWindow = 8 << 20
+
+// narBody is the NAR in resp, decoded if the cache compressed it, and its
+// size if known. Only zstd is asked for: any other encoding is refused,
+// since a NAR passed on encoded would fail Nix's hash check anyway, later
+// and less clearly.
+func narBody(resp *http.Response) (io.ReadCloser, int64, error) {
+	switch e := resp.Header.Get("Content-Encoding"); e {
+	case "", "identity":
+		return resp.Body, resp.ContentLength, nil
+	case "zstd":
+		d, err := zstd.NewReader(resp.Body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxWindow))
+		if err != nil {
+			return nil, 0, err
+		}
+		return d.IOReadCloser(), -1, nil
+	default:
+		return nil, 0, fmt.Errorf("the cache sent Content-Encoding %q, which was not asked for", e)
+	}
 }
 
 // streamNAR copies a NAR to Nix through a fixed buffer: memory stays
@@ -519,19 +545,21 @@ func (s *Server) prefetchNAR(job narJob) {
 		return
 	}
 	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode != http.StatusOK:
+	var body io.ReadCloser
+	var size int64
+	if resp.StatusCode != http.StatusOK {
 		err = fmt.Errorf("the cache answered %q", resp.Status)
-	case encoded(resp):
-		err = fmt.Errorf("the cache sent the NAR with Content-Encoding %q, which was not asked for", resp.Header.Get("Content-Encoding"))
-	case resp.ContentLength >= 0 && resp.ContentLength != job.size:
-		err = fmt.Errorf("the cache sent %d bytes, its narinfo says %d", resp.ContentLength, job.size)
+	} else if body, size, err = narBody(resp); err == nil {
+		defer body.Close()
+		if size >= 0 && size != job.size {
+			err = fmt.Errorf("the cache sent %d bytes, its narinfo says %d", size, job.size)
+		}
 	}
 	if err != nil {
 		s.spool.write(e, errReader{err})
 		return
 	}
-	s.spool.write(e, resp.Body)
+	s.spool.write(e, body)
 }
 
 // errReader makes a failed download look like one that failed in the

@@ -256,12 +256,32 @@ func TestCacheDownAnswersAtOnce(t *testing.T) {
 	}
 }
 
-// A NAR in an encoding nobody asked for (a server that sends zstd
+// A NAR the cache compressed with zstd (which the substituter asks for)
+// reaches Nix decoded, whether it was prefetched into the spool or is
+// streamed when Nix asks.
+func TestCompressedNARsAreDecoded(t *testing.T) {
+	for _, spool := range []int64{0, 8 << 20} {
+		f := newFixture(t, Options{SpoolBytes: spool})
+		f.cache.files.encoding = "zstd"
+		const size = 3<<20 + 17
+		f.cache.addPath(1, size)
+		if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
+			t.Fatal(code)
+		}
+		code, body := f.get(t, "GET", "/nar/"+narName(1))
+		want, _ := io.ReadAll(io.LimitReader(&pattern{}, size))
+		if code != 200 || body != string(want) {
+			t.Errorf("spool %d: NAR %d, %d bytes, want the %d bytes the cache compressed", spool, code, len(body), size)
+		}
+	}
+}
+
+// A NAR in an encoding nobody asked for (a server that sends gzip
 // regardless) is refused, neither passed on nor spooled as if it were the
 // NAR.
 func TestUnaskedEncodingIsRefused(t *testing.T) {
 	f := newFixture(t, Options{SpoolBytes: 1 << 20})
-	f.cache.files.encoding = "zstd"
+	f.cache.files.encoding = "gzip"
 	f.cache.addPath(1, 100)
 	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
 		t.Fatal(code)
@@ -269,9 +289,9 @@ func TestUnaskedEncodingIsRefused(t *testing.T) {
 	waitFor(t, "the prefetch", func() bool { return f.cache.files.count("GET /nar/") == 1 })
 	waitFor(t, "the refused prefetch to leave the spool", func() bool { return f.srv.spool.usedBytes() == 0 })
 	if code, _ := f.get(t, "GET", "/nar/"+narName(1)); code != http.StatusBadGateway {
-		t.Errorf("NAR sent as zstd: %d, want 502", code)
+		t.Errorf("NAR sent as gzip: %d, want 502", code)
 	}
-	if !strings.Contains(f.logs.String(), `Content-Encoding "zstd"`) {
+	if !strings.Contains(f.logs.String(), `Content-Encoding "gzip"`) {
 		t.Errorf("not logged:\n%s", f.logs)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/nixcache/nixcache/internal/binarycache"
 	"github.com/nixcache/nixcache/internal/sshconf"
 )
@@ -47,7 +48,8 @@ type cacheFiles struct {
 	mu    sync.Mutex
 	small map[string]string
 	nars  map[string]int64
-	// encoding is a Content-Encoding sent with every NAR, asked for or not.
+	// encoding is a Content-Encoding sent with every NAR, asked for or not;
+	// "zstd" NARs are really compressed.
 	encoding string
 	// asked is every path requested, in order.
 	asked []string
@@ -63,6 +65,15 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case small:
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		io.WriteString(w, body)
+	case isNAR && f.encoding == "zstd":
+		// As nixcache serve: compressed, with no length.
+		w.Header().Set("Content-Encoding", "zstd")
+		w.Header().Set("Content-Type", "application/x-nix-nar")
+		if r.Method == http.MethodGet {
+			enc, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+			io.Copy(enc, io.LimitReader(&pattern{}, size))
+			enc.Close()
+		}
 	case isNAR:
 		if f.encoding != "" {
 			w.Header().Set("Content-Encoding", f.encoding)
