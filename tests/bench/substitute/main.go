@@ -2,12 +2,18 @@
 // cache through a simulated WAN link (a loopback TCP proxy adding -rtt and
 // limiting -bandwidth, shared by all connections), for the seed's setup
 // (ssh://, Nix's defaults), ssh-ng://, and each of Nix's knobs alone and
-// combined, against the link limit (bytes ÷ bandwidth + 1 RTT).
+// combined, against the link limit (bytes ÷ bandwidth + 1 RTT), a plain
+// static HTTP binary cache behind the same link, and nixcache's own
+// channel (`nixcache client substituter` over one SSH connection to
+// `nixcache serve`).
 //
 // Every run substitutes the top path into a fresh chroot client store with
 // `nix-store --store DIR --realise TOP`, which opens that store in-process:
 // the substitution (queries, ssh connections, NAR transfers) runs in that
 // nix-store process, under the client's nix.conf. Its wall clock is timed.
+// The HTTP configurations' servers (the static file server, the client's
+// substituter with its SSH connection made) are up before the clock starts,
+// as a binary cache or a substituter service would be.
 //
 // The closure is built once into the machine's store through the harness's
 // daemon, rooted under -state, and signed by `nixcache sign` with a key
@@ -69,9 +75,24 @@ func main() {
 	}
 }
 
+// via is how a client reaches the cache.
+type via int
+
+const (
+	// viaSSH: Nix's own ssh:// or ssh-ng:// store.
+	viaSSH via = iota
+	// viaStatic: a static HTTP binary cache, the files `nix copy --to
+	// file://` wrote, served by net/http's FileServer.
+	viaStatic
+	// viaChannel: `nixcache client substituter` on loopback, which Nix
+	// reaches over HTTP, over one SSH connection to `nixcache serve`.
+	viaChannel
+)
+
 // config is one way of setting up the client.
 type config struct {
 	id      string
+	via     via
 	proto   harness.Protocol
 	params  string // the substituter URL's query
 	conf    string // extra nix.conf lines
@@ -101,6 +122,10 @@ func configs(jobs int) []config {
 			describe: "ssh://?max-connections=" + j + " + ControlMaster in ssh_config"},
 		{id: "all", proto: harness.SSHNG, params: "max-connections=" + j + "&compress=true", conf: "max-jobs = " + j, mayHang: true,
 			describe: "ssh-ng://?max-connections=" + j + "&compress=true, max-jobs = " + j},
+		{id: "http", via: viaStatic, describe: "static HTTP binary cache (file://, compression=none), defaults"},
+		{id: "http-jobs", via: viaStatic, conf: "max-jobs = " + j, describe: "static HTTP binary cache, max-jobs = " + j},
+		{id: "channel", via: viaChannel, proto: harness.Nixcache, describe: "nixcache channel (client substituter), defaults"},
+		{id: "channel-jobs", via: viaChannel, proto: harness.Nixcache, conf: "max-jobs = " + j, describe: "nixcache channel (client substituter), max-jobs = " + j},
 	}
 }
 
@@ -121,7 +146,8 @@ func run(o options) error {
 		return err
 	}
 	defer env.Close()
-	nixcache, err := env.BuildNixcache()
+	// The one the Nixcache protocol's sshd runs, too.
+	nixcache, err := env.Nixcache()
 	if err != nil {
 		return err
 	}
@@ -138,9 +164,29 @@ func run(o options) error {
 	bandwidth := o.mbit * 1e6 / 8 // bytes/s
 	link := linkproxy.Link{RTT: o.rtt, Bandwidth: bandwidth}
 
+	all := configs(o.jobs)
+	if o.only != "" {
+		want := strings.Split(o.only, ",")
+		all = slices.DeleteFunc(all, func(c config) bool { return !slices.Contains(want, c.id) })
+	}
+	protocols := []harness.Protocol{harness.SSH, harness.SSHNG}
+	wantStatic := false
+	for _, c := range all {
+		wantStatic = wantStatic || c.via == viaStatic
+		if c.via == viaChannel && !slices.Contains(protocols, c.proto) {
+			protocols = append(protocols, c.proto)
+		}
+	}
+
+	work, err := os.MkdirTemp(o.state, "clients-")
+	if err != nil {
+		return err
+	}
+	defer removeAll(work)
+
 	servers := map[harness.Protocol]*harness.Server{}
 	proxies := map[harness.Protocol]*linkproxy.Proxy{}
-	for _, p := range []harness.Protocol{harness.SSH, harness.SSHNG} {
+	for _, p := range protocols {
 		s, err := env.StartServer(p)
 		if err != nil {
 			return err
@@ -154,17 +200,13 @@ func run(o options) error {
 		defer px.Close()
 		proxies[p] = px
 	}
-
-	work, err := os.MkdirTemp(o.state, "clients-")
-	if err != nil {
-		return err
-	}
-	defer removeAll(work)
-
-	all := configs(o.jobs)
-	if o.only != "" {
-		want := strings.Split(o.only, ",")
-		all = slices.DeleteFunc(all, func(c config) bool { return !slices.Contains(want, c.id) })
+	var static *linkproxy.Proxy
+	if wantStatic {
+		var stop func()
+		if static, stop, err = staticCache(env, work, cl, link); err != nil {
+			return err
+		}
+		defer stop()
 	}
 	linkLimit := time.Duration(float64(cl.NarBytes)/bandwidth*float64(time.Second)) + o.rtt
 	fmt.Printf("%s; %s; %d CPUs; closure %d paths, %s MB NAR (%s); link %.0f Mbit/s, RTT %v; link limit %.2fs\n",
@@ -180,11 +222,17 @@ func run(o options) error {
 			if res.hung != "" {
 				continue
 			}
-			s := servers[c.proto]
-			port := s.Port
+			var s *harness.Server
 			var px *linkproxy.Proxy
-			if !c.direct {
-				px = proxies[c.proto]
+			var port int
+			switch {
+			case c.via == viaStatic:
+				px, port = static, static.Port()
+			case c.direct:
+				s = servers[c.proto]
+				port = s.Port
+			default:
+				s, px = servers[c.proto], proxies[c.proto]
 				port = px.Port()
 			}
 			d, bytesUp, bytesDown, conns, hung, err := substitute(env, work, s, port, px, c, cl, public, nixcache, o)
@@ -193,14 +241,14 @@ func run(o options) error {
 			}
 			if hung != "" {
 				res.hung = hung
-				fmt.Printf("%-10s run %d: HUNG after %.0fs: %s\n", c.id, r+1, d.Seconds(), hung)
+				fmt.Printf("%-12s run %d: HUNG after %.0fs: %s\n", c.id, r+1, d.Seconds(), hung)
 				continue
 			}
 			res.times = append(res.times, d)
 			res.up = append(res.up, bytesUp)
 			res.down = append(res.down, bytesDown)
 			res.conns = append(res.conns, conns)
-			fmt.Printf("%-10s run %d: %7.2fs  %s MB down, %s MB up, %d TCP connections\n", c.id, r+1, d.Seconds(), mbString(bytesDown), mbString(bytesUp), conns)
+			fmt.Printf("%-12s run %d: %7.2fs  %s MB down, %s MB up, %d TCP connections\n", c.id, r+1, d.Seconds(), mbString(bytesDown), mbString(bytesUp), conns)
 		}
 	}
 
@@ -262,44 +310,86 @@ func ratio(a, b float64) string {
 }
 
 // substitute runs one substitution of the closure into a fresh client and
-// removes the client afterwards.
+// removes the client afterwards. s is nil for the static cache, which has
+// no sshd; port is where the client reaches the cache (sshd, or the proxy
+// in front of sshd or of the file server).
 func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl closure, public, nixcache string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
 	dir, err := os.MkdirTemp(work, c.id+"-")
 	if err != nil {
 		return 0, 0, 0, 0, "", err
 	}
 	defer removeAll(dir)
-	// The client's ssh config names the proxy's port (or sshd's, direct).
-	target := *s
-	target.Port = port
-	client, err := env.NewClient(dir, &target)
-	if err != nil {
-		return 0, 0, 0, 0, "", err
+	var up0, down0, conns0 int64
+	marked := false
+	mark := func() {
+		if px != nil {
+			up0, down0 = px.Bytes()
+			conns0 = px.Connections()
+		}
+		marked = true
 	}
-	if err := s.Authorize(client.PublicKey); err != nil {
-		return 0, 0, 0, 0, "", err
-	}
-	if c.ssh != "" {
-		f, err := os.OpenFile(client.SSHConfig(), os.O_APPEND|os.O_WRONLY, 0)
+	var client *harness.Client
+	clientEnv := []string(nil)
+	url := ""
+	switch c.via {
+	case viaStatic:
+		// An HTTP client needs no ssh: the key and pin NewClient makes go
+		// unused.
+		if client, err = env.NewClient(dir, &harness.Server{}); err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+		url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	case viaChannel:
+		if client, err = env.NewClient(dir, s); err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+		if err := register(env, nixcache, s, "bench-"+filepath.Base(dir), client.PublicKey); err != nil {
+			return 0, 0, 0, 0, "", err
+		}
+		// The substituter's SSH connection, made as it starts, crosses
+		// the link and is counted.
+		mark()
+		sub, err := startSubstituter(env, nixcache, client, s, port, o.timeout)
 		if err != nil {
 			return 0, 0, 0, 0, "", err
 		}
-		_, err = f.WriteString(strings.ReplaceAll(c.ssh, "{dir}", dir))
-		f.Close()
-		if err != nil {
+		defer sub.stop()
+		url = sub.url
+	default:
+		// The client's ssh config names the proxy's port (or sshd's, direct).
+		target := *s
+		target.Port = port
+		if client, err = env.NewClient(dir, &target); err != nil {
 			return 0, 0, 0, 0, "", err
 		}
-	}
-	clientEnv := client.Environ()
-	if c.join {
-		if clientEnv, err = join(env, client, s, port, public, nixcache); err != nil {
+		if err := s.Authorize(client.PublicKey); err != nil {
 			return 0, 0, 0, 0, "", err
 		}
-	} else {
-		url := client.SubstituterURL()
+		if c.ssh != "" {
+			f, err := os.OpenFile(client.SSHConfig(), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				return 0, 0, 0, 0, "", err
+			}
+			_, err = f.WriteString(strings.ReplaceAll(c.ssh, "{dir}", dir))
+			f.Close()
+			if err != nil {
+				return 0, 0, 0, 0, "", err
+			}
+		}
+		if c.join {
+			if clientEnv, err = join(env, client, s, port, public, nixcache); err != nil {
+				return 0, 0, 0, 0, "", err
+			}
+		}
+		url = client.SubstituterURL()
 		if c.params != "" {
 			url += "?" + c.params
 		}
+	}
+	if clientEnv == nil {
+		clientEnv = client.Environ()
+		// The bench's key is the only one trusted, and require-sigs is on
+		// (Nix's default): a path without its signature is not accepted.
 		conf := fmt.Sprintf("substituters = %s\ntrusted-public-keys = %s\n%s", url, public, c.conf)
 		if c.conf != "" {
 			conf += "\n"
@@ -308,10 +398,8 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 			return 0, 0, 0, 0, "", err
 		}
 	}
-	var up0, down0, conns0 int64
-	if px != nil {
-		up0, down0 = px.Bytes()
-		conns0 = px.Connections()
+	if !marked {
+		mark()
 	}
 	hangAfter := time.Duration(0)
 	if c.mayHang {
@@ -334,6 +422,14 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 	}
 	if n := len(strings.Fields(r.Stdout)); n != cl.Paths {
 		return 0, 0, 0, 0, "", fmt.Errorf("client has %d paths of the closure, want %d", n, cl.Paths)
+	}
+	if c.via != viaSSH {
+		// What came over HTTP is checked again: every path's contents
+		// against its NAR hash, and a signature by the bench's key.
+		r := client.Nix("nix", "--extra-experimental-features", "nix-command", "store", "verify", "--sigs-needed", "1", "--recursive", cl.Top)
+		if r.Err != nil {
+			return 0, 0, 0, 0, "", fmt.Errorf("the client store does not verify: %w", r.Err)
+		}
 	}
 	return d, up, down, conns, "", nil
 }
