@@ -319,8 +319,12 @@ in
         "network-online.target"
         "nixcache-client-key.service"
       ];
-      # A cache that cannot be reached stops the substituter; it keeps
-      # trying, and Nix builds meanwhile (fallback).
+      # An unreachable cache does not stop the substituter: it keeps
+      # listening, answers at once so that Nix builds (fallback), and
+      # reconnects. It exits only on a host key other than the pinned one
+      # or a refused login at start; then it is started again, forever,
+      # since a substituter URL nothing listens on makes Nix 2.8 abort
+      # builds (NixOS/nix#6445).
       unitConfig.StartLimitIntervalSec = 0;
       serviceConfig = {
         ExecStart = lib.concatStringsSep " " [
