@@ -362,29 +362,8 @@ in
           "AF_INET"
           "AF_INET6"
         ];
-        # Kernel and process isolation.
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged @resources"
-        ];
-        # The Go runtime raises its open-file limit at start; let that fail
-        # quietly instead of killing the process.
-        SystemCallErrorNumber = "EPERM";
-      };
+      }
+      // common.isolation;
     };
     systemd.services.nix-daemon = lib.mkIf viaSubstituter {
       wants = [ "nixcache-substituter.service" ];

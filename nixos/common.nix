@@ -8,8 +8,36 @@ let
     "/var/tmp/"
     "/dev/shm/"
   ];
+
+  # systemd settings every nixcache unit shares: the kernel and other
+  # processes out of reach, and a system call filter.
+  isolation = {
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
+    # The Go runtime raises its open-file limit at start; let that fail
+    # quietly instead of killing the process.
+    SystemCallErrorNumber = "EPERM";
+  };
 in
 {
+  inherit isolation;
+
   # How a cache serves Nix's own ssh stores: `ssh-ng` also lets the
   # dispatcher run nix-daemon --stdio. A client names the same scheme, or
   # `nixcache` (its local substituter), which a cache of either serves.
@@ -107,27 +135,6 @@ in
     PrivateNetwork = true;
     RestrictAddressFamilies = "none";
     IPAddressDeny = "any";
-    # Kernel and process isolation.
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
-      "~@privileged @resources"
-    ];
-    # The Go runtime raises its open-file limit at start; let that fail
-    # quietly instead of killing the process.
-    SystemCallErrorNumber = "EPERM";
-  };
+  }
+  // isolation;
 }

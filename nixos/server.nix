@@ -454,29 +454,8 @@ in
         PrivateNetwork = true;
         RestrictAddressFamilies = [ "AF_UNIX" ];
         IPAddressDeny = "any";
-        # Kernel and process isolation.
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged @resources"
-        ];
-        # The Go runtime raises its open-file limit at start; let that fail
-        # quietly instead of killing the process.
-        SystemCallErrorNumber = "EPERM";
-      };
+      }
+      // common.isolation;
     };
 
     # Publishing a path (a root in gcRootsDir) signs it and its closure at
