@@ -5,8 +5,6 @@ package e2e
 import (
 	"bufio"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,32 +17,6 @@ import (
 
 	"github.com/nixcache/nixcache/tests/harness"
 )
-
-// impostorSocket, when set, makes this test binary the impostor: it
-// listens there and waits, as a fake nix-daemon would.
-const impostorSocket = "NIXCACHE_TEST_IMPOSTOR_SOCKET"
-
-func init() {
-	if path := os.Getenv(impostorSocket); path != "" {
-		impostor(path)
-	}
-}
-
-func impostor(path string) {
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		fmt.Println("impostor:", err)
-		os.Exit(1)
-	}
-	fmt.Println("listening")
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			os.Exit(1)
-		}
-		c.Close()
-	}
-}
 
 // An unprivileged user cannot pass for the machine's daemon: in a user and
 // mount namespace of their own they mount a tmpfs over the daemon's socket
@@ -68,7 +40,9 @@ func TestDoctorIgnoresImpostorDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake := filepath.Join(attacker, "nix-daemon")
-	copyExecutable(t, fake)
+	if err := harness.CopyTestBinary(fake); err != nil {
+		t.Fatal(err)
+	}
 	marker := filepath.Join(attacker, "ran-as-root")
 	evil := filepath.Join(attacker, "evil.sh")
 	if err := os.WriteFile(evil, []byte("#!/bin/sh\nid -u > "+marker+"\nexit 1\n"), 0o755); err != nil {
@@ -83,7 +57,7 @@ func TestDoctorIgnoresImpostorDaemon(t *testing.T) {
 	cmd := exec.Command(env.OwnRoot(), "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 		"unshare", "--user", "--map-root-user", "--mount",
 		"sh", "-c", `mount -t tmpfs tmpfs "$1" && exec "$2"`, "sh", filepath.Dir(m.Socket), fake)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), impostorSocket + "=" + m.Socket,
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), harness.FakeDaemonSocket + "=" + m.Socket,
 		"NIX_SSHOPTS=-oProxyCommand=" + evil, "NIX_CONF_DIR=" + attacker}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
@@ -98,7 +72,7 @@ func TestDoctorIgnoresImpostorDaemon(t *testing.T) {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 	})
-	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "listening\n" {
+	if line, _ := bufio.NewReader(out).ReadString('\n'); !strings.HasPrefix(line, "listening as uid ") {
 		t.Fatalf("the impostor did not start: %q", line)
 	}
 	fakePID := cmd.Process.Pid
@@ -137,30 +111,6 @@ func TestDoctorIgnoresImpostorDaemon(t *testing.T) {
 	}
 	if b, err := os.ReadFile(marker); err == nil {
 		t.Errorf("doctor ran the impostor's ssh option as uid %s", strings.TrimSpace(string(b)))
-	}
-}
-
-// copyExecutable copies this test binary to path, world-executable.
-func copyExecutable(t *testing.T, path string) {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/service"
+	"github.com/nixcache/nixcache/tests/harness"
 )
 
 // FindDaemon finds the real nix-daemon listening on a socket, when it
@@ -133,39 +133,17 @@ func TestFindDaemonSocketActivated(t *testing.T) {
 	}
 }
 
-// fakeSocket, when set, makes this test binary a fake nix-daemon: it
-// listens there, says so with its uid, and accepts connections.
-const fakeSocket = "NIXCACHE_TEST_FAKE_DAEMON_SOCKET"
-
-func init() {
-	path := os.Getenv(fakeSocket)
-	if path == "" {
-		return
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		fmt.Println("fake nix-daemon:", err)
-		os.Exit(1)
-	}
-	fmt.Println("listening as uid", os.Getuid())
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			os.Exit(1)
-		}
-		c.Close()
-	}
-}
-
 // startFake runs a copy of this test binary named nix-daemon, listening on
 // socket, through the command line wrap (which ends where the program's
 // path goes). It returns its PID and the line it printed once listening.
 func startFake(t *testing.T, socket string, extraEnv []string, wrap ...string) (int, string) {
 	t.Helper()
 	program := filepath.Join(sharedDir(t), "nix-daemon")
-	copyTestBinary(t, program)
+	if err := harness.CopyTestBinary(program); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(wrap[0], append(wrap[1:], program)...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), fakeSocket + "=" + socket}, extraEnv...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), harness.FakeDaemonSocket + "=" + socket}, extraEnv...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
@@ -202,29 +180,6 @@ func sharedDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func copyTestBinary(t *testing.T, path string) {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func procFile(t *testing.T, pid int, name string) string {
