@@ -16,13 +16,27 @@ import (
 // Cache is one cache the daemon substitutes from, as recorded in the
 // managed configuration: enough for doctor to check it without flags.
 type Cache struct {
-	// URL is the substituter as nix.conf names it: no port (Nix 2.8 cannot
-	// parse one; the Match block supplies it).
+	// URL is the cache as URL.Substituter records it: for ssh:// and
+	// ssh-ng:// the substituter as nix.conf names it, with no port (Nix
+	// 2.8 cannot parse one; the Match block supplies it); for nixcache://
+	// the account and the local substituter's port.
 	URL    string
 	Target Target
 	// PublicKey is the cache's Nix signing key, "name:base64".
 	PublicKey string
 }
+
+// NixSubstituter is the substituter nix.conf names for the cache.
+func (c Cache) NixSubstituter() string {
+	u, err := ParseSubstituter(c.URL)
+	if err != nil {
+		return c.URL
+	}
+	return u.NixSubstituter()
+}
+
+// Channel says the cache is reached through the local substituter.
+func (c Cache) Channel() bool { return strings.HasPrefix(c.URL, "nixcache://") }
 
 // tuning is ssh's behaviour towards every cache: never prompt, give up on
 // an unreachable cache quickly (a build must not hang on it), and notice a

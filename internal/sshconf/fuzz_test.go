@@ -1,6 +1,7 @@
 package sshconf
 
 import (
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ func FuzzParseURL(f *testing.F) {
 	for _, s := range []string{
 		"ssh-ng://nix-ssh@cache.example.org", "ssh://cache:2222", "ssh-ng://b@10.0.0.7:22/?max-connections=8",
 		"ssh://-oProxyCommand=x@cache", "ssh://u@cache%0aProxyCommand", "ssh-ng://cache?max-connections=1",
+		"nixcache://nix-ssh@cache:2222?substituter-port=37515", "nixcache://cache?substituter-port=1&max-connections=2",
 	} {
 		f.Add(s, testNixKey)
 	}
@@ -33,8 +35,16 @@ func FuzzParseURL(f *testing.F) {
 		sub := u.Substituter()
 		again, err := ParseSubstituter(sub)
 		if err != nil || again.Scheme != u.Scheme || again.Target.User != tg.User || again.Target.Host != tg.Host ||
-			again.Substituter() != sub || again.Target.Port != 22 || max(again.MaxConnections, 1) != max(u.MaxConnections, 1) {
+			again.Substituter() != sub || again.Target.Port != 22 || max(again.MaxConnections, 1) != max(u.MaxConnections, 1) ||
+			again.SubstituterPort != u.SubstituterPort {
 			t.Fatalf("%q -> %q -> %+v, %v", s, sub, again, err)
+		}
+		// nix.conf gets a loopback URL for the channel, never anything of
+		// the input's but the port; the ssh schemes keep theirs.
+		nix := u.NixSubstituter()
+		if u.Channel() != (nix == fmt.Sprintf("http://127.0.0.1:%d", u.SubstituterPort)) || u.Channel() && (u.MaxConnections != 0 || u.SubstituterPort < 1 || u.SubstituterPort > 65535) ||
+			!u.Channel() && (nix != sub || u.SubstituterPort != 0) {
+			t.Fatalf("%q: nix.conf would get %q (%+v)", s, nix, u)
 		}
 		c := Cache{URL: sub, Target: tg, PublicKey: key}
 		data, err := Dir("/root/.ssh").RenderManaged([]Cache{c})
@@ -81,6 +91,8 @@ func FuzzReadManaged(f *testing.F) {
 	f.Add([]byte("# cache ssh://x@y port 22 key k:AAAA\n"))
 	f.Add([]byte("#\tcache\tssh://x@y\tport\t22\tkey\t" + testNixKey))
 	f.Add([]byte("# cache ssh://x@y port 022 key " + testNixKey + "\r\n"))
+	f.Add([]byte("# cache nixcache://x@y?substituter-port=37515 port 22 key " + testNixKey + "\n"))
+	f.Add([]byte("# cache nixcache://x@y?substituter-port=37515&max-connections=2 port 22 key " + testNixKey + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		caches, err := parseManaged("f", data)
 		if err != nil {

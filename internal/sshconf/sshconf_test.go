@@ -27,6 +27,16 @@ func TestParseURL(t *testing.T) {
 		"ssh://cache?max-connections=8":           "error",
 		"ssh-ng://cache/nix/store":                "error",
 		"ssh-ng://-oProxyCommand=evil@cache.host": "error",
+		"nixcache://nix-ssh@cache.example.org":    "nixcache://nix-ssh@cache.example.org?substituter-port=0 22",
+		"nixcache://cache.example.org:2222/":      "nixcache://nix-ssh@cache.example.org?substituter-port=0 2222",
+		"nixcache://localhost":                    "error",
+		"nixcache://[::1]:22":                     "error",
+		"nixcache://u:secret@cache":               "error",
+		"nixcache://-oProxyCommand=x@cache":       "error",
+		"nixcache://cache?substituter-port=8080":  "error",
+		"nixcache://cache?max-connections=8":      "error",
+		"nixcache://cache/nix/store":              "error",
+		"nixcache:cache":                          "error",
 	} {
 		u, err := ParseURL(in)
 		got := "error"
@@ -40,6 +50,22 @@ func TestParseURL(t *testing.T) {
 	u, err := ParseSubstituter("ssh-ng://nix-ssh@cache?max-connections=8")
 	if err != nil || u.MaxConnections != 8 || u.Substituter() != "ssh-ng://nix-ssh@cache?max-connections=8" {
 		t.Errorf("ParseSubstituter: %+v, %v", u, err)
+	}
+	// nixcache:// is recorded with the local substituter's port, which
+	// nix.conf names; nothing else may ride along.
+	u, err = ParseSubstituter("nixcache://nix-ssh@cache?substituter-port=37515")
+	if err != nil || !u.Channel() || u.SubstituterPort != 37515 || u.NixSubstituter() != "http://127.0.0.1:37515" ||
+		u.Substituter() != "nixcache://nix-ssh@cache?substituter-port=37515" {
+		t.Errorf("ParseSubstituter(nixcache): %+v, %v", u, err)
+	}
+	for _, bad := range []string{
+		"nixcache://nix-ssh@cache", "nixcache://nix-ssh@cache?substituter-port=0", "nixcache://nix-ssh@cache?substituter-port=65536",
+		"nixcache://nix-ssh@cache?substituter-port=037515", "nixcache://nix-ssh@cache?substituter-port=37515&max-connections=8",
+		"ssh://nix-ssh@cache?substituter-port=37515",
+	} {
+		if u, err := ParseSubstituter(bad); err == nil {
+			t.Errorf("ParseSubstituter(%q) = %+v, want an error", bad, u)
+		}
 	}
 }
 

@@ -8,15 +8,25 @@ import (
 	"strings"
 )
 
-// URL is a cache address as given to join: ssh://USER@HOST[:PORT] or
-// ssh-ng://USER@HOST[:PORT].
+// URL is a cache address as given to join: ssh://USER@HOST[:PORT],
+// ssh-ng://USER@HOST[:PORT], or nixcache://USER@HOST[:PORT] for the
+// cache's own channel, which a local substituter (nixcache client
+// substituter) serves to Nix over HTTP on loopback.
 type URL struct {
-	Scheme string // "ssh" or "ssh-ng"
+	Scheme string // "ssh", "ssh-ng" or "nixcache"
 	Target Target
 	// MaxConnections > 1 lets Nix substitute over that many connections;
-	// see MaxConnectionsSafe.
+	// see MaxConnectionsSafe. Never set for nixcache://: the substituter's
+	// channels replace Nix's connections.
 	MaxConnections int
+	// SubstituterPort is, for nixcache:// only, the loopback port the
+	// local substituter listens on and nix.conf names.
+	SubstituterPort int
 }
+
+// Channel says the cache is reached through the local substituter, not by
+// Nix's own ssh stores.
+func (u URL) Channel() bool { return u.Scheme == "nixcache" }
 
 // safeName is what a user or host name may look like. ssh receives
 // "USER@HOST" as an argument: nothing in it may read as an option or reach
@@ -30,8 +40,9 @@ const DefaultUser = "nix-ssh"
 // to 22.
 func ParseURL(s string) (URL, error) { return parseURL(s, false) }
 
-// ParseSubstituter parses a substituter URL as join writes it: ParseURL's
-// form plus the max-connections parameter.
+// ParseSubstituter parses a cache address as join records it: ParseURL's
+// form plus the max-connections parameter (ssh://, ssh-ng://) or the
+// substituter-port parameter, which nixcache:// needs.
 func ParseSubstituter(s string) (URL, error) { return parseURL(s, true) }
 
 func parseURL(s string, params bool) (URL, error) {
@@ -39,18 +50,28 @@ func parseURL(s string, params bool) (URL, error) {
 	if err != nil || u.Opaque != "" {
 		return URL{}, fmt.Errorf("cache address %q is not a URL like ssh-ng://nix-ssh@cache.example.org", s)
 	}
-	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" {
-		return URL{}, fmt.Errorf("cache address %q: the scheme must be ssh:// or ssh-ng://", s)
+	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" && u.Scheme != "nixcache" {
+		return URL{}, fmt.Errorf("cache address %q: the scheme must be ssh://, ssh-ng:// or nixcache://", s)
 	}
 	q := u.Query()
-	maxConns := 0
-	if params && q.Has("max-connections") {
+	maxConns, subPort := 0, 0
+	if params && u.Scheme != "nixcache" && q.Has("max-connections") {
 		n, err := strconv.Atoi(q.Get("max-connections"))
 		if err != nil || n < 1 {
 			return URL{}, fmt.Errorf("cache address %q: bad max-connections", s)
 		}
 		maxConns = n
 		q.Del("max-connections")
+	}
+	if params && u.Scheme == "nixcache" {
+		// The one form Substituter writes: the record must name the port
+		// nix.conf was given.
+		n, err := strconv.Atoi(q.Get("substituter-port"))
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != q.Get("substituter-port") {
+			return URL{}, fmt.Errorf("cache address %q: bad or missing substituter-port", s)
+		}
+		subPort = n
+		q.Del("substituter-port")
 	}
 	if (u.Path != "" && u.Path != "/") || len(q) > 0 || u.Fragment != "" {
 		return URL{}, fmt.Errorf("cache address %q: give only USER@HOST[:PORT]; nixcache chooses the store parameters", s)
@@ -83,18 +104,36 @@ func parseURL(s string, params bool) (URL, error) {
 		}
 		t.Port = n
 	}
-	return URL{Scheme: u.Scheme, Target: t, MaxConnections: maxConns}, nil
+	return URL{Scheme: u.Scheme, Target: t, MaxConnections: maxConns, SubstituterPort: subPort}, nil
 }
 
-// Substituter is the URL for nix.conf: the port is left to ssh's
-// configuration, since Nix 2.8 reads "host:port" as a host name.
+// Substituter is the cache as join records it, which ParseSubstituter
+// reads back; for ssh:// and ssh-ng:// it is also the URL for nix.conf.
+// The port is left to ssh's configuration, since Nix 2.8 reads "host:port"
+// as a host name.
 func (u URL) Substituter() string {
 	s := fmt.Sprintf("%s://%s@%s", u.Scheme, u.Target.User, u.Target.Host)
-	if u.MaxConnections > 1 {
+	switch {
+	case u.Channel():
+		s += fmt.Sprintf("?substituter-port=%d", u.SubstituterPort)
+	case u.MaxConnections > 1:
 		s += fmt.Sprintf("?max-connections=%d", u.MaxConnections)
 	}
 	return s
 }
+
+// NixSubstituter is the URL nix.conf names: the local substituter for
+// nixcache://, else Substituter.
+func (u URL) NixSubstituter() string {
+	if u.Channel() {
+		return fmt.Sprintf("http://127.0.0.1:%d", u.SubstituterPort)
+	}
+	return u.Substituter()
+}
+
+// DefaultMaxSessions is OpenSSH's MaxSessions: how many sessions sshd
+// allows on one connection unless its admin says otherwise.
+const DefaultMaxSessions = 10
 
 // MaxConnectionsSafe says whether a Nix of version v (as its daemon
 // reports it, "2.8.0") can use max-connections > 1 on an SSH store. With
