@@ -15,6 +15,7 @@ import (
 	"github.com/nixcache/nixcache/internal/service"
 	"github.com/nixcache/nixcache/internal/signing"
 	"github.com/nixcache/nixcache/internal/sshconf"
+	"github.com/nixcache/nixcache/internal/substituter"
 )
 
 // Check is one line of doctor's report.
@@ -47,6 +48,10 @@ type DoctorOptions struct {
 	Restart string
 	// Machine names this machine in hints for the admin.
 	Machine string
+	// UnitDir is where join installs the substituter's systemd unit, and
+	// Executable the nixcache to name in hints: for nixcache:// caches.
+	UnitDir    string
+	Executable string
 }
 
 // Timeouts for the network checks: each is bounded, so doctor finishes
@@ -178,8 +183,8 @@ func (d *doctor) checkKey() {
 func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 	if d.conf != nil {
 		var missing []string
-		if !slices.Contains(d.conf.Effective("substituters"), c.URL) {
-			missing = append(missing, "substituter "+c.URL)
+		if sub := c.NixSubstituter(); !slices.Contains(d.conf.Effective("substituters"), sub) {
+			missing = append(missing, "substituter "+sub)
 		}
 		if !slices.Contains(d.conf.Effective("trusted-public-keys"), c.PublicKey) {
 			missing = append(missing, "trusted public key "+c.PublicKey)
@@ -193,6 +198,10 @@ func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 	}
 	if u, err := sshconf.ParseSubstituter(c.URL); err == nil && u.MaxConnections > 1 {
 		d.checkMaxConnections(ctx, c)
+	}
+	if c.Channel() {
+		d.checkChannelCache(ctx, c)
+		return
 	}
 	d.checkOtherKeys(ctx, c)
 	if !d.checkHostKey(ctx, c) {
@@ -210,6 +219,26 @@ func (d *doctor) checkCache(ctx context.Context, c sshconf.Cache) {
 		defer remote.Close()
 	}
 	d.checkSubstitution(ctx, c, remote)
+}
+
+// checkChannelCache checks a nixcache:// cache: the local substituter
+// answers, the cache's account answers on the channel, and with a probe
+// path, the substituter knows it and the daemon substitutes it. Root's
+// other ssh keys are not checked: the substituter offers the cache the
+// daemon's key alone.
+func (d *doctor) checkChannelCache(ctx context.Context, c sshconf.Cache) {
+	up := d.checkSubstituter(ctx, c)
+	if !d.checkHostKey(ctx, c) || !d.checkChannel(ctx, c) {
+		return
+	}
+	if !up {
+		d.add(c.URL, "substitution", Skipped, "the substituter does not answer")
+		return
+	}
+	if d.opt.Path != "" && !d.checkNarinfo(ctx, c, d.opt.Path) {
+		return
+	}
+	d.checkSubstitution(ctx, c, nil)
 }
 
 func (d *doctor) checkHostKey(ctx context.Context, c sshconf.Cache) bool {
@@ -255,8 +284,11 @@ func (d *doctor) sshArgv(c sshconf.Cache) []string {
 		argv = append(argv, strings.Fields(d.daemon.Env["NIX_SSHOPTS"])...)
 	}
 	remote := "nix-store --serve --write"
-	if strings.HasPrefix(c.URL, "ssh-ng://") {
+	switch {
+	case strings.HasPrefix(c.URL, "ssh-ng://"):
 		remote = "nix-daemon --stdio"
+	case c.Channel():
+		remote = substituter.ChannelCommand
 	}
 	return append(argv, "-x", "-a", c.Target.User+"@"+c.Target.Host, remote)
 }
@@ -309,6 +341,19 @@ func (d *doctor) loginHints(c sshconf.Cache, err error) []string {
 	case errors.Is(err, context.DeadlineExceeded):
 		return []string{"the login did not finish in time: the server or the network is stuck"}
 	}
+	var ce *channelError
+	if errors.As(err, &ce) {
+		switch {
+		case strings.Contains(ce.stderr, "not in the clients registry"):
+			h := []string{"the cache's registry does not list this machine's key: ask its admin to register it"}
+			if d.register != "" {
+				h = append(h, d.register)
+			}
+			return h
+		case ce.protocol:
+			return []string{"the account answered something other than nixcache's channel: it must run 'nixcache serve' as its forced command (with ExposeAuthInfo yes)"}
+		}
+	}
 	var pe *daemon.ProtocolError
 	if errors.As(err, &pe) {
 		return []string{"the account runs something other than Nix: check the server's ForceCommand and that the URL's scheme (ssh:// or ssh-ng://) matches its protocol"}
@@ -335,7 +380,11 @@ func (d *doctor) checkSubstitution(ctx context.Context, c sshconf.Cache, remote 
 	path := d.opt.Path
 	if path == "" {
 		if remote == nil {
-			d.add(c.URL, "substitution", Skipped, "an ssh:// cache cannot list its paths",
+			what := "an ssh:// cache cannot list its paths"
+			if c.Channel() {
+				what = "a nixcache:// cache does not list its paths"
+			}
+			d.add(c.URL, "substitution", Skipped, what,
 				"pass --path with a store path the cache serves to test a substitution")
 			return
 		}

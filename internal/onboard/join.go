@@ -22,6 +22,7 @@ import (
 	"github.com/nixcache/nixcache/internal/nixconf"
 	"github.com/nixcache/nixcache/internal/nixkey"
 	"github.com/nixcache/nixcache/internal/registry"
+	"github.com/nixcache/nixcache/internal/service"
 	"github.com/nixcache/nixcache/internal/sshconf"
 )
 
@@ -58,6 +59,11 @@ type JoinRequest struct {
 	// comment; it must be a name the registry takes.
 	Machine string
 	Loc     Locations
+	// ServerMaxSessions is the cache's sshd MaxSessions, when its admin
+	// raised it; 0 stands for OpenSSH's default.
+	ServerMaxSessions int
+	// Service is how the substituter of a nixcache:// cache keeps running.
+	Service ServiceSetup
 }
 
 // FileChange is a planned write of one file.
@@ -96,11 +102,18 @@ type Plan struct {
 	// HostKeyUnchecked is set when the server could not be reached to
 	// confirm a host key given as a line.
 	HostKeyUnchecked error
+	// Substituter is, for a nixcache:// cache, the command that must keep
+	// running for Nix to substitute from it.
+	Substituter []string
+	// Unit is the substituter's systemd unit when it changes, and
+	// ServiceSteps the systemctl commands that then load and start it.
+	Unit         *FileChange
+	ServiceSteps [][]string
 }
 
 // Changed reports whether applying the plan would change anything.
 func (p *Plan) Changed() bool {
-	return p.CreateKey || len(p.SSHFiles) > 0 || len(p.NixConf) > 0
+	return p.CreateKey || len(p.SSHFiles) > 0 || len(p.NixConf) > 0 || p.Unit != nil
 }
 
 // PlanJoin works out every change join makes, touching nothing. It fails
@@ -109,6 +122,9 @@ func (p *Plan) Changed() bool {
 func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 	if err := registry.ValidateName(req.Machine); err != nil {
 		return nil, &MachineNameError{err}
+	}
+	if err := checkSessions(req); err != nil {
+		return nil, err
 	}
 	p := &Plan{Req: req}
 	loc := req.Loc
@@ -142,7 +158,7 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 		Defaults: map[string]string{"fallback": "true"},
 	}
 	p.NixConf, err = p.Config.Add(map[string][]string{
-		"substituters":        {p.Cache.URL},
+		"substituters":        {req.Cache.NixSubstituter()},
 		"trusted-public-keys": {p.Cache.PublicKey},
 	}, opt)
 	if err != nil {
@@ -181,7 +197,112 @@ func PlanJoin(ctx context.Context, req JoinRequest) (*Plan, error) {
 		return nil, err
 	}
 	p.addSSHFile(dir.UserConfig(), user, dir.EnsureInclude(user.data), 0o600, true)
+	if req.Cache.Channel() {
+		if err := p.planService(); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// checkSessions refuses more connections than the cache's sshd takes: Nix
+// runs its connections to an ssh store as sessions of one SSH master
+// connection, and sshd refuses the sessions past MaxSessions, which Nix
+// reports as "protocol mismatch". A nixcache:// cache has no Nix
+// connections: its substituter's channels replace them.
+func checkSessions(req JoinRequest) error {
+	n := req.Cache.MaxConnections
+	if req.Cache.Channel() {
+		if n > 1 {
+			return &ChannelMaxConnections{}
+		}
+		return nil
+	}
+	limit := req.ServerMaxSessions
+	if limit == 0 {
+		limit = sshconf.DefaultMaxSessions
+	}
+	if n > limit {
+		return &TooManySessions{Connections: n, MaxSessions: limit, Default: req.ServerMaxSessions == 0}
+	}
+	return nil
+}
+
+// TooManySessions refuses more connections than the cache's sshd allows
+// sessions on one SSH connection.
+type TooManySessions struct {
+	Connections, MaxSessions int
+	// Default says MaxSessions is OpenSSH's default, not what the cache's
+	// admin said.
+	Default bool
+}
+
+func (e *TooManySessions) Error() string {
+	limit := fmt.Sprintf("sshd's default MaxSessions (%d)", e.MaxSessions)
+	if !e.Default {
+		limit = fmt.Sprintf("the cache's MaxSessions (--server-max-sessions %d)", e.MaxSessions)
+	}
+	return fmt.Sprintf("--max-connections %d is more than %s: Nix opens its connections as sessions of one SSH connection, and sshd refuses the ones past MaxSessions (Nix says \"protocol mismatch\")",
+		e.Connections, limit)
+}
+
+// ChannelMaxConnections refuses max-connections for nixcache://, which
+// Nix does not reach over ssh.
+type ChannelMaxConnections struct{}
+
+func (e *ChannelMaxConnections) Error() string {
+	return "--max-connections is for Nix's ssh stores; a nixcache:// cache is reached through the local substituter, whose requests in flight are its --channels"
+}
+
+// planService works out the command that serves a nixcache:// cache to
+// Nix, and with systemd the unit that keeps it running and the commands
+// that start it.
+func (p *Plan) planService() error {
+	svc := p.Req.Service
+	if !filepath.IsAbs(svc.Executable) {
+		return fmt.Errorf("the substituter's program %q is not an absolute path", svc.Executable)
+	}
+	dir, err := filepath.Abs(string(p.Req.Loc.SSHDir))
+	if err != nil {
+		return err
+	}
+	p.Substituter = SubstituterArgv(svc.Executable, p.Req.Cache.Target, p.Req.Cache.SubstituterPort, sshconf.Dir(dir), p.Req.ServerMaxSessions)
+	if !svc.Systemd {
+		return nil
+	}
+	unit, err := RenderUnit(p.Substituter)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(svc.UnitDir, SubstituterUnit)
+	old, err := readFile(path)
+	if err != nil {
+		return err
+	}
+	if old.exists && string(old.data) == string(unit) {
+		return nil
+	}
+	p.Unit = &FileChange{Path: path, Old: old.data, New: unit, Exists: old.exists, Mode: 0o644}
+	// Loaded, enabled for every boot, and running before the daemon is
+	// restarted to use it; a changed unit is restarted to take effect.
+	p.ServiceSteps = [][]string{{"systemctl", "daemon-reload"}}
+	if old.exists {
+		p.ServiceSteps = append(p.ServiceSteps, []string{"systemctl", "enable", SubstituterUnit}, []string{"systemctl", "restart", SubstituterUnit})
+	} else {
+		p.ServiceSteps = append(p.ServiceSteps, []string{"systemctl", "enable", "--now", SubstituterUnit})
+	}
+	return nil
+}
+
+// StartService runs the steps that load and start the substituter's unit,
+// stopping at the first that fails.
+func (p *Plan) StartService() error {
+	for _, step := range p.ServiceSteps {
+		if err := service.Run(step); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type fileState struct {
@@ -349,7 +470,8 @@ type Result struct {
 }
 
 // Apply makes the planned changes: the key first (created exclusively),
-// then ssh's files, then nix.conf, each written atomically.
+// then ssh's files, then the substituter's unit, then nix.conf, each
+// written atomically.
 func (p *Plan) Apply(now time.Time) (*Result, error) {
 	res := &Result{}
 	dir := p.Req.Loc.SSHDir
@@ -386,6 +508,15 @@ func (p *Plan) Apply(now time.Time) (*Result, error) {
 			return res, err
 		}
 		res.Written = append(res.Written, f.Path)
+	}
+	if u := p.Unit; u != nil {
+		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
+			return res, err
+		}
+		if err := atomicfile.Write(u.Path, u.New, u.Mode); err != nil {
+			return res, err
+		}
+		res.Written = append(res.Written, u.Path)
 	}
 	backups, err := nixconf.Apply(p.NixConf, now)
 	res.Backups = append(res.Backups, backups...)

@@ -27,10 +27,25 @@ func (p *Plan) NixOSModule() string {
     user = %s;
     publicKey = %s;
     hostKey = %s;
-  };
+%s  };
 }
 `, nixString(p.Req.Cache.Scheme), nixString(t.Host), t.Port, nixString(t.User),
-		nixString(p.Req.PublicKey.String()), nixString(hostKey))
+		nixString(p.Req.PublicKey.String()), nixString(hostKey), p.moduleExtras())
+}
+
+// moduleExtras are the options join was given beyond the defaults.
+func (p *Plan) moduleExtras() string {
+	var b strings.Builder
+	if p.Req.Cache.Channel() {
+		fmt.Fprintf(&b, "    substituterPort = %d;\n", p.Req.Cache.SubstituterPort)
+	}
+	if n := p.Req.Cache.MaxConnections; n > 1 {
+		fmt.Fprintf(&b, "    maxConnections = %d;\n", n)
+	}
+	if m := p.Req.ServerMaxSessions; m > 0 {
+		fmt.Fprintf(&b, "    maxSessions = %d;\n", m)
+	}
+	return b.String()
 }
 
 // nixStringEscapes are the only escapes a Nix "..." string has: a

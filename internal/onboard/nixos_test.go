@@ -97,6 +97,35 @@ func TestNixOSModuleEvaluates(t *testing.T) {
 	}
 }
 
+// For nixcache://, the snippet asks the module for its substituter, on the
+// port join was given, and passes on the cache's MaxSessions.
+func TestNixOSModuleForAChannel(t *testing.T) {
+	hostKey, err := sshconf.ParseHostKey("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFZZwjpX6h2UfYxf2s1otG+HZeYNJkdH2t6aX6qjCgor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := nixkey.ParsePublicKey("cache-1:5EzbGvN5d0RQ6/tGW8DbqtSrzvzC1thk8BK5zQEmCcg=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Plan{HostKey: hostKey, Req: JoinRequest{PublicKey: pk, ServerMaxSessions: 16,
+		Cache: sshconf.URL{Scheme: "nixcache", Target: sshconf.Target{User: "nix-ssh", Host: "cache", Port: 22}, SubstituterPort: 8080}}}
+	var got struct {
+		Services struct {
+			Nixcache struct {
+				Client struct {
+					Protocol                     string
+					SubstituterPort, MaxSessions int
+				}
+			}
+		}
+	}
+	evalNix(t, "(import "+writeModule(t, p.NixOSModule())+" {})", &got)
+	if c := got.Services.Nixcache.Client; c.Protocol != "nixcache" || c.SubstituterPort != 8080 || c.MaxSessions != 16 {
+		t.Errorf("the module for a nixcache:// cache evaluates to %+v", c)
+	}
+}
+
 func writeModule(t *testing.T, text string) string {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "nixcache-client.nix")

@@ -23,11 +23,14 @@ type Manager struct {
 func (m *Manager) Command() string { return strings.Join(m.Restart, " ") }
 
 // Run restarts the daemon.
-func (m *Manager) Run() error {
-	cmd := exec.Command(m.Restart[0], m.Restart[1:]...)
-	out, err := cmd.CombinedOutput()
+func (m *Manager) Run() error { return Run(m.Restart) }
+
+// Run runs a service manager's command (argv), with what it said when it
+// fails.
+func Run(argv []string) error {
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s: %v: %s", m.Command(), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
