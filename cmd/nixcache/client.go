@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -23,7 +25,9 @@ func clientCommand(ui *ui) *cli.Command {
 		Name:  "client",
 		Usage: "join this machine to a cache, and diagnose it",
 		Description: `Run on a client machine, as root. 'join' sets up the Nix daemon to substitute
-from a cache over SSH; 'doctor' checks that it does.`,
+from a cache over SSH, by Nix's own ssh stores (ssh://, ssh-ng://) or through
+'substituter', a local service that keeps one SSH connection to the cache
+(nixcache://); 'doctor' checks that it does.`,
 		Subcommands: []*cli.Command{joinCommand(ui), doctorCommand(ui), substituterCommand(ui)},
 	}
 }
@@ -36,6 +40,8 @@ func locationFlags() []cli.Flag {
 		&cli.StringFlag{Name: "ssh-dir", Usage: "root's ssh `DIR`, where the daemon's ssh looks (default: " + string(sshconf.DefaultDir()) + ")"},
 		&cli.StringFlag{Name: "service-manager", Value: "auto", Usage: "how to restart the daemon: `auto`, systemd, launchd or none"},
 		&cli.StringFlag{Name: "name", Usage: "this machine's `NAME` for the cache's registry (default: the host name)"},
+		// For tests, which cannot run systemd: where the unit goes.
+		&cli.StringFlag{Name: "systemd-unit-dir", Value: onboard.DefaultUnitDir, Hidden: true},
 	}
 }
 
@@ -71,10 +77,11 @@ func joinCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "join",
 		Usage:     "make the Nix daemon substitute from a cache over SSH",
-		UsageText: "nixcache client join --cache URL --public-key KEY (--host-key LINE | --host-key-fingerprint SHA256:... | --trust-on-first-use) [--max-connections N] [--dry-run] [--no-restart] [--nixos-module FILE]",
+		UsageText: "nixcache client join --cache URL --public-key KEY (--host-key LINE | --host-key-fingerprint SHA256:... | --trust-on-first-use) [--max-connections N] [--server-max-sessions M] [--substituter-port PORT] [--dry-run] [--no-restart] [--nixos-module FILE]",
 		Description: `Sets up this machine's Nix daemon to substitute from the cache at URL
-(ssh://USER@HOST[:PORT] or ssh-ng://USER@HOST[:PORT]; USER defaults to nix-ssh),
-accepting paths signed by KEY (the cache's public signing key, NAME:BASE64):
+(ssh://USER@HOST[:PORT], ssh-ng://USER@HOST[:PORT] or nixcache://USER@HOST[:PORT];
+USER defaults to nix-ssh), accepting paths signed by KEY (the cache's public
+signing key, NAME:BASE64):
 
   - makes the daemon's own ssh key, ed25519 without passphrase, mode 0600, in
     root's ssh directory (unless it exists), and prints its public line for
@@ -94,7 +101,20 @@ accepting paths signed by KEY (the cache's public signing key, NAME:BASE64):
 
 --max-connections N (N > 1) lets Nix fetch over N connections at once, which
 is what makes a high-latency link fast; it is refused on Nix before 2.32 and
-Lix before 2.93, where an SSH store with more than one connection hangs.
+Lix before 2.93, where an SSH store with more than one connection hangs. Nix
+opens them as sessions of one SSH connection, which sshd limits to its
+MaxSessions (10 unless its admin raised it): N > 10 needs --server-max-sessions M,
+what the cache's admin set, and N <= M.
+
+nixcache:// (the cache must run 'nixcache serve' for its account) does the
+same for ssh, but nix.conf gets http://127.0.0.1:PORT (--substituter-port,
+default 37515) and 'nixcache client substituter' serves the cache there over
+one SSH connection. With systemd, join installs, enables and starts
+/etc/systemd/system/nixcache-substituter.service, before the daemon restarts;
+with --service-manager none it prints the command to keep running instead.
+It must keep running while nix.conf names it: Nix 2.8 aborts builds on a
+substituter that refuses connections. Not on macOS (launchd) yet.
+--max-connections does not apply (the substituter has --channels).
 
 Nothing is changed when anything is wrong. --dry-run prints every change as a
 diff and changes nothing. A nix.conf that NixOS or nix-darwin generates is not
@@ -107,9 +127,12 @@ EXAMPLES:
      --host-key-fingerprint SHA256:jYcDuLr5w0QJD9VdkEBBi4fNAxF7b6kpsUwUzDxmGx0
    nixcache client join --cache ssh://nix-ssh@cache.example.org:2222 \
      --public-key cache.example.org-1:BASE64 \
-     --host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..." --dry-run`,
+     --host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..." --dry-run
+   nixcache client join --cache nixcache://nix-ssh@cache.example.org \
+     --public-key cache.example.org-1:BASE64 \
+     --host-key-fingerprint SHA256:jYcDuLr5w0QJD9VdkEBBi4fNAxF7b6kpsUwUzDxmGx0`,
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "cache", Usage: "the cache's `URL`: ssh-ng://USER@HOST[:PORT] or ssh://USER@HOST[:PORT]"},
+			&cli.StringFlag{Name: "cache", Usage: "the cache's `URL`: ssh-ng://USER@HOST[:PORT], ssh://USER@HOST[:PORT] or nixcache://USER@HOST[:PORT]"},
 			&cli.StringFlag{Name: "public-key", Usage: "the cache's public signing `KEY` (NAME:BASE64)"},
 			&cli.StringFlag{Name: "host-key", Usage: "the server's ssh host key `LINE` (\"ssh-ed25519 AAAA...\")"},
 			&cli.StringFlag{Name: "host-key-fingerprint", Usage: "fetch the host key and check it has this `FINGERPRINT` (SHA256:...)"},
@@ -117,6 +140,8 @@ EXAMPLES:
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes as diffs; change nothing"},
 			&cli.BoolFlag{Name: "no-restart", Usage: "do not restart the daemon; print the command instead"},
 			&cli.IntFlag{Name: "max-connections", Value: 1, Usage: "substitute over `N` SSH connections (Nix 2.32+ or Lix 2.93+ only; older versions hang)"},
+			&cli.IntFlag{Name: "server-max-sessions", Usage: "the cache's sshd MaxSessions, `M`, if its admin raised it from 10"},
+			&cli.IntFlag{Name: "substituter-port", Value: onboard.DefaultSubstituterPort, Usage: "for nixcache://, the substituter's `PORT` on 127.0.0.1"},
 			&cli.StringFlag{Name: "nixos-module", Usage: "if nix.conf is read-only (NixOS, nix-darwin), write the client module's configuration to `FILE`"},
 		}, locationFlags()...),
 		OnUsageError: usageError,
@@ -127,6 +152,11 @@ EXAMPLES:
 			}
 			if os.Geteuid() != 0 && !c.Bool("dry-run") {
 				return withHint(errors.New("join changes root's ssh files and nix.conf and restarts the daemon"), "run it as root (sudo)")
+			}
+			if req.Cache.Channel() {
+				if req.Service, err = substituterService(ui, c); err != nil {
+					return err
+				}
 			}
 			plan, err := onboard.PlanJoin(c.Context, req)
 			var ro *nixconf.ReadOnlyError
@@ -157,7 +187,25 @@ EXAMPLES:
 			} else if len(others) > 0 {
 				ui.otherIdentities(req.Loc.SSHDir.UserConfig(), others)
 			}
-			if len(plan.NixConf) > 0 {
+			started := true
+			switch {
+			case len(plan.ServiceSteps) > 0:
+				if err := plan.StartService(); err != nil {
+					started = false
+					ui.serviceFailed(plan, err)
+				} else {
+					ui.serviceStarted(plan)
+				}
+			case req.Cache.Channel() && !req.Service.Systemd:
+				ui.keepRunning(plan)
+			}
+			switch {
+			case !started && len(plan.NixConf) > 0:
+				// Nix 2.8 aborts builds on a substituter that refuses
+				// connections: the daemon keeps its old nix.conf until
+				// the service runs.
+				ui.restartLater("start the substituter first, then restart the daemon")
+			case len(plan.NixConf) > 0:
 				restartDaemon(ui, c)
 			}
 			ui.forAdmin(plan, req.Machine)
@@ -188,9 +236,24 @@ func joinRequest(c *cli.Context) (onboard.JoinRequest, error) {
 	if err != nil {
 		return req, errUsage{err}
 	}
+	if u.Channel() && c.IsSet("max-connections") {
+		return req, errUsage{withHint(errors.New("--max-connections is for ssh:// and ssh-ng://: Nix does not reach a nixcache:// cache over ssh"),
+			"the substituter's requests in flight are its --channels (8 by default)")}
+	}
 	u.MaxConnections = c.Int("max-connections")
 	if u.MaxConnections < 1 || u.MaxConnections > 64 {
 		return req, errUsage{fmt.Errorf("--max-connections must be between 1 and 64, got %d", u.MaxConnections)}
+	}
+	if c.IsSet("server-max-sessions") && c.Int("server-max-sessions") < 1 {
+		return req, errUsage{fmt.Errorf("--server-max-sessions must be at least 1, got %d", c.Int("server-max-sessions"))}
+	}
+	switch port := c.Int("substituter-port"); {
+	case !u.Channel() && c.IsSet("substituter-port"):
+		return req, errUsage{withHint(errors.New("--substituter-port is for nixcache:// caches"), "Nix reaches ssh:// and ssh-ng:// caches itself")}
+	case u.Channel() && (port < 1 || port > 65535):
+		return req, errUsage{fmt.Errorf("--substituter-port must be between 1 and 65535, got %d", port)}
+	case u.Channel():
+		u.SubstituterPort = port
 	}
 	pk, err := nixkey.ParsePublicKey(c.String("public-key"))
 	if err != nil {
@@ -207,8 +270,47 @@ func joinRequest(c *cli.Context) (onboard.JoinRequest, error) {
 		HostKey:   onboard.HostKeySource{Line: c.String("host-key"), Fingerprint: fp, TOFU: c.Bool("trust-on-first-use")},
 		Machine:   machineName(c),
 		Loc:       locations(c),
+		// 0 when not given: OpenSSH's default applies.
+		ServerMaxSessions: c.Int("server-max-sessions"),
 	}
 	return req, nil
+}
+
+// substituterService is how join keeps a nixcache:// cache's substituter
+// running: a systemd unit, or (--service-manager none, or no systemd here)
+// a command the admin keeps running.
+func substituterService(ui *ui, c *cli.Context) (onboard.ServiceSetup, error) {
+	exe, err := os.Executable()
+	if err == nil {
+		exe, err = filepath.EvalSymlinks(exe)
+	}
+	if err != nil {
+		return onboard.ServiceSetup{}, fmt.Errorf("cannot tell where this nixcache is, for the substituter's service: %w", err)
+	}
+	svc := onboard.ServiceSetup{Executable: exe, UnitDir: c.String("systemd-unit-dir")}
+	launchd := withHint(errors.New("nixcache:// needs a service for the substituter, and join installs one for systemd only: launchd is not supported yet"),
+		"nothing was changed",
+		"join with ssh:// or ssh-ng:// instead, or with --service-manager none and keep the command it prints running yourself")
+	switch name := c.String("service-manager"); name {
+	case "systemd":
+		svc.Systemd = true
+	case "none":
+	case "launchd":
+		return svc, launchd
+	case "", "auto":
+		m, err := service.Detect()
+		switch {
+		case err == nil && m.Name == "systemd":
+			svc.Systemd = true
+		case err == nil && m.Name == "launchd", runtime.GOOS == "darwin":
+			return svc, launchd
+		default:
+			ui.warnf("systemd does not run this machine: the substituter's service is not installed")
+		}
+	default:
+		return svc, errUsage{fmt.Errorf("unknown service manager %q: use auto, systemd, launchd or none", name)}
+	}
+	return svc, nil
 }
 
 // joinError adds what to do to the ways a join is refused.
@@ -218,7 +320,15 @@ func joinError(err error, req onboard.JoinRequest) error {
 	var syntax *nixconf.SyntaxError
 	var unsafe *onboard.UnsafeMaxConnections
 	var name *onboard.MachineNameError
+	var sessions *onboard.TooManySessions
 	switch {
+	case errors.As(err, &sessions) && sessions.Default:
+		return withHint(err, "nothing was changed",
+			fmt.Sprintf("join with --max-connections %d or fewer", sessions.MaxSessions),
+			"or, if the cache's admin raised MaxSessions for the cache account (services.nixcache.server.maxSessions on NixOS), say so with --server-max-sessions M")
+	case errors.As(err, &sessions):
+		return withHint(err, "nothing was changed",
+			fmt.Sprintf("join with --max-connections %d or fewer, or ask the cache's admin to raise MaxSessions", sessions.MaxSessions))
 	case errors.As(err, &name):
 		return withHint(err, "nothing was changed",
 			"pass --name NAME: the name the cache's admin registers this machine under (the default is the host name)")
@@ -278,6 +388,14 @@ daemon will actually do, and prints each check with what to fix:
     with the cache's key. An ssh-ng:// cache lists its paths and the smallest
     signed one missing here is used; for ssh://, give one with --path.
 
+For a nixcache:// cache, instead of Nix's ssh login:
+
+  - the local substituter answers on http://127.0.0.1:PORT/nix-cache-info;
+  - ssh logs in to the cache account and 'nixcache serve' answers a request
+    for nix-cache-info on the channel the substituter uses;
+  - with --path, the substituter serves the path's narinfo and the daemon
+    substitutes it, with a signature by the cache's key.
+
 Exits 1 when any check fails. Run it as root: it reads the daemon's process.
 
 EXAMPLES:
@@ -292,7 +410,10 @@ EXAMPLES:
 			if c.NArg() > 0 {
 				return errUsage{fmt.Errorf("doctor takes no arguments, got %q", c.Args().First())}
 			}
-			opt := onboard.DoctorOptions{Loc: locations(c), Path: c.String("path"), Machine: machineName(c)}
+			opt := onboard.DoctorOptions{Loc: locations(c), Path: c.String("path"), Machine: machineName(c), UnitDir: c.String("systemd-unit-dir")}
+			if exe, err := os.Executable(); err == nil {
+				opt.Executable = exe
+			}
 			if m, err := service.ByName(c.String("service-manager")); err == nil {
 				opt.Restart = m.Command()
 			}

@@ -211,8 +211,17 @@ func (u *ui) dryRun(plan *onboard.Plan) {
 	for _, f := range plan.SSHFiles {
 		fmt.Fprint(u.stdout, f.Diff())
 	}
+	if plan.Unit != nil {
+		fmt.Fprint(u.stdout, plan.Unit.Diff())
+	}
 	for _, ch := range plan.NixConf {
 		fmt.Fprint(u.stdout, ch.Diff())
+	}
+	for _, step := range plan.ServiceSteps {
+		fmt.Fprintf(u.stdout, "would run %s\n", onboard.ShellCommand(step))
+	}
+	if plan.Req.Cache.Channel() && !plan.Req.Service.Systemd {
+		fmt.Fprintf(u.stdout, "would need this kept running as root, started before the daemon uses the cache:\n    %s\n", onboard.ShellCommand(plan.Substituter))
 	}
 	if len(plan.NixConf) > 0 {
 		fmt.Fprintln(u.stdout, "would restart the Nix daemon")
@@ -224,6 +233,9 @@ func (u *ui) dryRun(plan *onboard.Plan) {
 
 func (u *ui) joinUnchanged(plan *onboard.Plan) {
 	fmt.Fprintf(u.stderr, "nixcache: nothing to change: this machine already substitutes from %s\n", plan.Cache.URL)
+	if plan.Req.Cache.Channel() && !plan.Req.Service.Systemd {
+		u.keepRunning(plan)
+	}
 	u.forAdmin(plan, plan.Req.Machine)
 }
 
@@ -240,6 +252,27 @@ func (u *ui) joined(plan *onboard.Plan, res *onboard.Result) {
 	for _, b := range res.Backups {
 		fmt.Fprintf(u.stderr, "nixcache: backup in %q\n", b)
 	}
+}
+
+// keepRunning gives the command that serves a nixcache:// cache to Nix,
+// for an admin who runs it without join's systemd unit. The command is
+// alone on its line, indented, to be copied or read by a script.
+func (u *ui) keepRunning(plan *onboard.Plan) {
+	fmt.Fprintf(u.stderr, "nixcache: no service installed: keep this running as root (a service of your own), started before the daemon uses the new nix.conf:\n")
+	fmt.Fprintf(u.stderr, "    %s\n", onboard.ShellCommand(plan.Substituter))
+	u.hint("while nix.conf names %s and nothing answers there, Nix 2.8 aborts builds that look for substitutes", plan.Req.Cache.NixSubstituter())
+}
+
+func (u *ui) serviceStarted(plan *onboard.Plan) {
+	fmt.Fprintf(u.stderr, "nixcache: started %s, enabled at boot (%s)\n", onboard.SubstituterUnit, plan.Req.Cache.NixSubstituter())
+}
+
+func (u *ui) serviceFailed(plan *onboard.Plan, err error) {
+	u.warnf("starting the substituter failed: %v", err)
+	for _, step := range plan.ServiceSteps {
+		u.hint("run it yourself: %s", onboard.ShellCommand(step))
+	}
+	u.hint("then see that it runs: systemctl status %s", onboard.SubstituterUnit)
 }
 
 func (u *ui) restarted(cmd string) {

@@ -51,7 +51,7 @@ func parseURL(s string, params bool) (URL, error) {
 		return URL{}, fmt.Errorf("cache address %q is not a URL like ssh-ng://nix-ssh@cache.example.org", s)
 	}
 	if u.Scheme != "ssh" && u.Scheme != "ssh-ng" && u.Scheme != "nixcache" {
-		return URL{}, fmt.Errorf("cache address %q: the scheme must be ssh://, ssh-ng:// or nixcache://", s)
+		return URL{}, fmt.Errorf("cache address %q: the scheme must be ssh:// or ssh-ng:// (Nix's ssh stores) or nixcache:// (nixcache's substituter)", s)
 	}
 	q := u.Query()
 	maxConns, subPort := 0, 0
