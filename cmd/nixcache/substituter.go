@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -237,9 +238,9 @@ func runSubstituter(ctx context.Context, ui *ui, files substituterFiles, target 
 	if err != nil {
 		return substituterError(err, target, files)
 	}
-	l, err := net.Listen("tcp", listen)
+	l, err := substituterListener(listen)
 	if err != nil {
-		return withHint(err, "choose another port with --listen")
+		return err
 	}
 	defer l.Close()
 	if err := up.Connect(ctx); err != nil {
@@ -283,4 +284,32 @@ func substituterError(err error, target sshconf.Target, files substituterFiles) 
 		return withHint(err, fmt.Sprintf("ask the cache's admin to add this machine: the key's public line is in %q", files.key+".pub"))
 	}
 	return err
+}
+
+// substituterListener is the socket systemd passed (socket activation), or
+// a new one on listen. A socket systemd holds is the substituter's from
+// boot on: while the substituter restarts, no local user can take its port
+// and answer Nix in its place (the unit's port is not privileged).
+func substituterListener(listen string) (net.Listener, error) {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		l, err := net.Listen("tcp", listen)
+		if err != nil {
+			return nil, withHint(err, "choose another port with --listen")
+		}
+		return l, nil
+	}
+	if n := os.Getenv("LISTEN_FDS"); n != "1" {
+		return nil, fmt.Errorf("systemd passed %q sockets, want 1: ListenStream=%s in the socket unit", n, listen)
+	}
+	f := os.NewFile(3, "systemd socket")
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("the socket systemd passed: %w", err)
+	}
+	if err := loopbackOnly(l.Addr().String()); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("the socket systemd passed: %w", err)
+	}
+	return l, nil
 }

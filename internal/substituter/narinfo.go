@@ -21,6 +21,9 @@ type narinfoFacts struct {
 	size int64
 	// refs are the hash parts of the path's references, itself excluded.
 	refs []string
+	// uncompressed: Compression is none (or absent), as nixcache serve
+	// writes it.
+	uncompressed bool
 }
 
 // parseNarinfo reads the fields prefetching uses and ignores the rest; a
@@ -53,8 +56,9 @@ func parseNarinfo(data []byte) narinfoFacts {
 			refs = strings.Fields(value)
 		}
 	}
+	f.uncompressed = compression == "" || compression == "none"
 	f.size = fileSize
-	if f.size == 0 && (compression == "" || compression == "none") {
+	if f.size == 0 && f.uncompressed {
 		f.size = narSize
 	}
 	for _, r := range refs {

@@ -53,8 +53,12 @@ const (
 // Server answers Nix's binary-cache requests from the cache behind
 // Upstream. Make it with NewServer, serve it with http.Serve, and Close it.
 type Server struct {
-	up       *Upstream
-	client   *http.Client
+	up *Upstream
+	// small carries narinfos and /nix-cache-info, nars the NARs, on
+	// channels of their own: NAR downloads that hold every channel (a
+	// local user can start them and never read) must not starve the
+	// narinfo lookups Nix waits on.
+	small, nars *http.Client
 	opt      Options
 	narinfos *narinfoCache
 	spool    *spool
@@ -116,18 +120,28 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 	if opt.Logf == nil {
 		opt.Logf = func(string, ...any) {}
 	}
-	transport := &http.Transport{
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return up.openChannel(ctx) },
-		MaxConnsPerHost:     opt.Channels,
-		MaxIdleConnsPerHost: opt.Channels,
-		IdleConnTimeout:     time.Minute,
-		// No Accept-Encoding: see encoded.
-		DisableCompression:    true,
-		ResponseHeaderTimeout: 30 * time.Second,
+	channels := func(n int) *http.Client {
+		return &http.Client{Transport: &http.Transport{
+			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return up.openChannel(ctx) },
+			MaxConnsPerHost:     n,
+			MaxIdleConnsPerHost: n,
+			IdleConnTimeout:     time.Minute,
+			// Accept-Encoding is set by hand, for NARs only (narBody).
+			DisableCompression:    true,
+			ResponseHeaderTimeout: 30 * time.Second,
+		}}
+	}
+	// A quarter of the channels, at least one, are kept for narinfos; with
+	// a single channel both share it.
+	small := channels(max(1, opt.Channels/4))
+	nars := small
+	if opt.Channels > 1 {
+		nars = channels(opt.Channels - max(1, opt.Channels/4))
 	}
 	s := &Server{
 		up:             up,
-		client:         &http.Client{Transport: transport},
+		small:          small,
+		nars:           nars,
 		opt:            opt,
 		narinfos:       newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
 		narinfoTimeout: narinfoTimeout,
@@ -144,7 +158,10 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		s.spool = newSpool(dir, opt.SpoolBytes)
 	}
 	up.mu.Lock()
-	up.onUp = transport.CloseIdleConnections
+	up.onUp = func() {
+		small.CloseIdleConnections()
+		nars.CloseIdleConnections()
+	}
 	up.mu.Unlock()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for range narinfoPrefetchers {
@@ -172,7 +189,8 @@ func (s *Server) goWork(f func()) {
 func (s *Server) Close() error {
 	s.cancel()
 	s.workers.Wait()
-	s.client.CloseIdleConnections()
+	s.small.CloseIdleConnections()
+	s.nars.CloseIdleConnections()
 	if s.spool != nil {
 		return os.RemoveAll(s.spool.dir)
 	}
@@ -277,6 +295,12 @@ func (s *Server) narinfo(hash string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.narinfoTimeout)
 	c.body, c.err = s.fetchSmall(ctx, request{kind: narInfo, name: hash}.upstreamPath())
 	cancel()
+	if c.body != nil {
+		c.err = checkNarinfo(c.body)
+		if c.err != nil {
+			c.body = nil
+		}
+	}
 	if errors.Is(c.err, context.DeadlineExceeded) {
 		s.up.drop(conn, "no narinfo within "+s.narinfoTimeout.String())
 	}
@@ -288,6 +312,18 @@ func (s *Server) narinfo(hash string) ([]byte, error) {
 	s.mu.Unlock()
 	close(c.done)
 	return c.body, c.err
+}
+
+// checkNarinfo refuses a narinfo that would send Nix elsewhere for the NAR:
+// the URL is not covered by the signature, so a hostile cache could reuse a
+// signed narinfo with an absolute URL (http://, file://) and have the
+// daemon fetch it. Only nar/HASH-NARHASH.nar, uncompressed, with a size,
+// is what nixcache serve writes; the NAR then comes through here too.
+func checkNarinfo(body []byte) error {
+	if f := parseNarinfo(body); f.narFile == "" || f.size <= 0 || !f.uncompressed {
+		return errors.New("the cache sent a narinfo whose NAR is not nar/HASH-NARHASH.nar, uncompressed, of a known size")
+	}
+	return nil
 }
 
 // fetchSmall GETs a small file from the cache: its content, or nil for a
@@ -327,8 +363,9 @@ func (s *Server) get(ctx context.Context, path string) (*http.Response, error) {
 		// The cache compresses a NAR whose sample compresses (nixcache
 		// serve); narBody decodes it before Nix or the spool sees it.
 		req.Header.Set("Accept-Encoding", "zstd")
+		return s.nars.Do(req)
 	}
-	return s.client.Do(req)
+	return s.small.Do(req)
 }
 
 func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
@@ -349,6 +386,17 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 			return
 		}
 	}
+	// The NAR's size, from its narinfo: a compressed stream is cut there,
+	// so a hostile cache cannot pour gigabytes into the daemon from a few
+	// kilobytes on the wire.
+	size, err := s.narSize(req.name)
+	if err != nil {
+		if !errors.Is(err, ErrDown) {
+			s.opt.Logf("NAR %s: %v", req.name, err)
+		}
+		http.Error(w, "nixcache substituter: no narinfo announces this NAR", http.StatusBadGateway)
+		return
+	}
 	resp, err := s.get(r.Context(), req.upstreamPath())
 	if err != nil {
 		if !errors.Is(err, ErrDown) && r.Context().Err() == nil {
@@ -360,20 +408,38 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, req request) {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-		body, size, err := narBody(resp)
+		body, sent, err := narBody(resp)
+		if err == nil && sent >= 0 && sent != size {
+			err = fmt.Errorf("the cache sent %d bytes, its narinfo says %d", sent, size)
+		}
 		if err != nil {
 			s.opt.Logf("NAR %s: %v", req.name, err)
-			http.Error(w, "nixcache substituter: the cache sent an encoding it was not asked for", http.StatusBadGateway)
+			http.Error(w, "nixcache substituter: the cache sent a NAR unlike its narinfo", http.StatusBadGateway)
 			return
 		}
 		defer body.Close()
-		streamNAR(w, body, size)
+		// Short of size, the response ends short of its Content-Length,
+		// which Nix sees as a failed download.
+		streamNAR(w, io.LimitReader(body, size), size)
 	case http.StatusNotFound:
 		http.NotFound(w, r)
 	default:
 		s.opt.Logf("NAR %s: the cache answered %q", req.name, resp.Status)
 		http.Error(w, "nixcache substituter: the cache answered "+strconv.Quote(resp.Status), http.StatusBadGateway)
 	}
+}
+
+// narSize is the size of the NAR named file, from the narinfo of its store
+// path (the cache's, fetched if need be), which must announce that file.
+func (s *Server) narSize(file string) (int64, error) {
+	body, err := s.narinfo(file[:storeHashLen])
+	if err != nil {
+		return 0, err
+	}
+	if f := parseNarinfo(body); body != nil && f.narFile == file {
+		return f.size, nil
+	}
+	return 0, errors.New("no narinfo of the cache announces it")
 }
 
 // maxWindow bounds the zstd window a cache may use, and so the decoder's

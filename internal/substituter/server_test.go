@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -260,7 +261,7 @@ func TestCacheDownAnswersAtOnce(t *testing.T) {
 // reaches Nix decoded, whether it was prefetched into the spool or is
 // streamed when Nix asks.
 func TestCompressedNARsAreDecoded(t *testing.T) {
-	for _, spool := range []int64{0, 8 << 20} {
+	for _, spool := range []int64{-1, 8 << 20} {
 		f := newFixture(t, Options{SpoolBytes: spool})
 		f.cache.files.encoding = "zstd"
 		const size = 3<<20 + 17
@@ -327,5 +328,66 @@ func TestPrefetchWaitsForRoom(t *testing.T) {
 		if n := f.cache.files.count("GET /nar/" + narName(i)); n != 1 {
 			t.Errorf("NAR %d fetched %d times, want 1", i, n)
 		}
+	}
+}
+
+// A hostile cache's zstd bomb (a few KB on the wire that decode to far
+// more than the narinfo's NarSize) reaches Nix cut at NarSize, streamed or
+// spooled.
+func TestCompressedNARsAreCutAtTheirSize(t *testing.T) {
+	for _, spool := range []int64{-1, 8 << 20} {
+		f := newFixture(t, Options{SpoolBytes: spool})
+		f.cache.files.encoding = "zstd"
+		f.cache.files.inflate = 256 << 20
+		f.cache.addPath(1, 1000)
+		if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
+			t.Fatal(code)
+		}
+		if _, body := f.get(t, "GET", "/nar/"+narName(1)); len(body) > 1000 {
+			t.Errorf("spool %d: Nix got %d bytes of a NAR whose narinfo says 1000", spool, len(body))
+		}
+	}
+}
+
+// A narinfo that points Nix elsewhere for the NAR (an absolute URL is not
+// covered by the signature) is not passed on.
+func TestNarinfosPointingElsewhereAreRefused(t *testing.T) {
+	f := newFixture(t, Options{})
+	for i, url := range []string{"http://169.254.169.254/latest.nar", "file:///etc/shadow", "nar/../../x.nar"} {
+		f.cache.files.mu.Lock()
+		f.cache.files.small["/"+storeHash(i+1)+".narinfo"] = fmt.Sprintf(
+			"StorePath: /nix/store/%s-p\nURL: %s\nCompression: none\nNarSize: 10\nReferences: \n", storeHash(i+1), url)
+		f.cache.files.mu.Unlock()
+		if code, body := f.get(t, "GET", "/"+storeHash(i+1)+".narinfo"); code == 200 {
+			t.Errorf("a narinfo with URL %s was passed on: %s", url, body)
+		}
+	}
+}
+
+// NAR downloads that never finish (a local user can start them and not
+// read) do not starve the narinfo lookups Nix waits on: those have
+// channels of their own.
+func TestStalledNARsLeaveChannelsForNarinfos(t *testing.T) {
+	f := newFixture(t, Options{SpoolBytes: -1})
+	for i := 1; i <= 8; i++ {
+		f.cache.addPath(i, 2<<30)
+	}
+	f.cache.addPath(100, 10)
+	for i := 1; i <= 8; i++ {
+		if code, _ := f.get(t, "HEAD", "/"+storeHash(i)+".narinfo"); code != 200 {
+			t.Fatal(code)
+		}
+		c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "GET /nar/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", narName(i))
+	}
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	code, _ := f.get(t, "GET", "/"+storeHash(100)+".narinfo")
+	if code != 200 || time.Since(start) > 3*time.Second {
+		t.Errorf("with every NAR channel held, a narinfo took %v and got %d\n%s", time.Since(start), code, f.logs)
 	}
 }

@@ -51,6 +51,9 @@ type cacheFiles struct {
 	// encoding is a Content-Encoding sent with every NAR, asked for or not;
 	// "zstd" NARs are really compressed.
 	encoding string
+	// inflate is how many bytes more than its size a zstd NAR decodes to:
+	// a hostile cache's bomb.
+	inflate int64
 	// asked is every path requested, in order.
 	asked []string
 }
@@ -71,7 +74,7 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-nix-nar")
 		if r.Method == http.MethodGet {
 			enc, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
-			io.Copy(enc, io.LimitReader(&pattern{}, size))
+			io.Copy(enc, io.LimitReader(&pattern{}, size+f.inflate))
 			enc.Close()
 		}
 	case isNAR:
