@@ -5,6 +5,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -276,4 +277,54 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Under systemd socket activation the substituter serves on the socket it
+// is given: systemd holds the port from boot on, so no local user can take
+// it while the substituter is restarting and answer Nix in its place.
+func TestSubstituterTakesSystemdsSocket(t *testing.T) {
+	c := newCache(t, harness.Nixcache)
+	m := newMachine(t, debianNixConf, true)
+	joinForSubstituter(t, c, m)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	logPath := filepath.Join(t.TempDir(), "substituter.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	// As systemd starts a socket-activated service: the socket is fd 3 and
+	// LISTEN_PID names the service's own PID.
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"`, "sh",
+		nixcache, "client", "substituter", "--cache", cacheURL(c), "--listen", l.Addr().String(), "--ssh-dir", m.SSHDir, "--spool-dir", t.TempDir())
+	cmd.Env = m.Environ()
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	s := &substituterProcess{url: "http://" + l.Addr().String(), logPath: logPath}
+	s.waitLog(t, "serving")
+	resp, err := http.Get(s.url + "/nix-cache-info")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, s.log())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("on systemd's socket: %s\n%s", resp.Status, s.log())
+	}
 }
