@@ -313,8 +313,12 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       # Not without the key checked: a key others could read is refused
-      # there, and nothing logs in with it.
-      requires = [ "nixcache-client-key.service" ];
+      # there, and nothing logs in with it. Its listening socket comes from
+      # the socket unit.
+      requires = [
+        "nixcache-client-key.service"
+        "nixcache-substituter.socket"
+      ];
       after = [
         "network-online.target"
         "nixcache-client-key.service"
@@ -364,6 +368,16 @@ in
         ];
       }
       // common.isolation;
+    };
+    # systemd holds the substituter's port from boot on, across restarts:
+    # it is not privileged, and a local user who bound it first would get
+    # every request Nix makes (which paths the machine builds) and could
+    # answer in the substituter's place (not with content: signatures
+    # decide that).
+    systemd.sockets.nixcache-substituter = lib.mkIf viaSubstituter {
+      description = "The nixcache substituter's port";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ "127.0.0.1:${toString cfg.substituterPort}" ];
     };
     systemd.services.nix-daemon = lib.mkIf viaSubstituter {
       wants = [ "nixcache-substituter.service" ];

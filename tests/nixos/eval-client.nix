@@ -182,7 +182,14 @@ in
     ++ expect.true "the daemon wants it, and starts after it" (
       lib.elem "nixcache-substituter.service" config.systemd.services.nix-daemon.wants
       && lib.elem "nixcache-substituter.service" config.systemd.services.nix-daemon.after
-    );
+    )
+    # systemd holds the port from boot on: no local user can take it while
+    # the substituter restarts.
+    ++ expect.eq "its port is systemd's socket" config.systemd.sockets.nixcache-substituter.listenStreams [
+      "127.0.0.1:37515"
+    ]
+    ++ expect.true "bound at boot" (lib.elem "sockets.target" config.systemd.sockets.nixcache-substituter.wantedBy)
+    ++ expect.true "which the service takes" (lib.elem "nixcache-substituter.socket" unit.requires);
 
   # Root only where it must be: the credential gives an unprivileged user
   # a private copy of the root-only key.

@@ -281,6 +281,22 @@ let
     };
   };
 
+  # nixos/lib/systemd-unit-options.nix: socketOptions
+  socketOptions.options = {
+    listenStreams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    listenDatagrams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    socketConfig = mkOption {
+      type = types.attrsOf unitOption;
+      default = { };
+    };
+  };
+
   # nixos/lib/systemd-unit-options.nix: timerOptions, pathOptions
   timerOptions.options.timerConfig = mkOption {
     type = types.attrsOf unitOption;
@@ -933,6 +949,17 @@ in
           pathOptions
           unitConfigMixin
           (unitNameMixin "path")
+        ]
+      );
+      default = { };
+    };
+    systemd.sockets = mkOption {
+      type = types.attrsOf (
+        types.submodule [
+          stage2CommonUnitOptions
+          socketOptions
+          unitConfigMixin
+          (unitNameMixin "socket")
         ]
       );
       default = { };
