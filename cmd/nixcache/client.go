@@ -110,7 +110,8 @@ nixcache:// (the cache must run 'nixcache serve' for its account) does the
 same for ssh, but nix.conf gets http://127.0.0.1:PORT (--substituter-port,
 default 37515) and 'nixcache client substituter' serves the cache there over
 one SSH connection. With systemd, join installs, enables and starts
-/etc/systemd/system/nixcache-substituter.service, before the daemon restarts;
+nixcache-substituter.socket (which holds the port) and .service in
+/etc/systemd/system, before the daemon restarts;
 with --service-manager none it prints the command to keep running instead.
 It must keep running while nix.conf names it: Nix 2.8 aborts builds on a
 substituter that refuses connections. Not on macOS (launchd) yet.

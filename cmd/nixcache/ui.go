@@ -211,8 +211,8 @@ func (u *ui) dryRun(plan *onboard.Plan) {
 	for _, f := range plan.SSHFiles {
 		fmt.Fprint(u.stdout, f.Diff())
 	}
-	if plan.Unit != nil {
-		fmt.Fprint(u.stdout, plan.Unit.Diff())
+	for _, f := range plan.Units {
+		fmt.Fprint(u.stdout, f.Diff())
 	}
 	for _, ch := range plan.NixConf {
 		fmt.Fprint(u.stdout, ch.Diff())
@@ -272,7 +272,7 @@ func (u *ui) serviceFailed(plan *onboard.Plan, err error) {
 	for _, step := range plan.ServiceSteps {
 		u.hint("run it yourself: %s", onboard.ShellCommand(step))
 	}
-	u.hint("then see that it runs: systemctl status %s", onboard.SubstituterUnit)
+	u.hint("then see that it runs: systemctl status %s %s", onboard.SubstituterSocket, onboard.SubstituterUnit)
 }
 
 func (u *ui) restarted(cmd string) {

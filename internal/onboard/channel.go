@@ -53,7 +53,7 @@ func (d *doctor) substituterHints(c sshconf.Cache) []string {
 	hints := []string{"while nix.conf names it and it does not answer, Nix 2.8 aborts builds that look for substitutes (NixOS/nix#6445)"}
 	unit := filepath.Join(d.opt.UnitDir, SubstituterUnit)
 	if _, err := os.Stat(unit); d.opt.UnitDir != "" && err == nil {
-		return append(hints, "start it: systemctl enable --now "+SubstituterUnit,
+		return append(hints, "start it: systemctl enable --now "+SubstituterSocket+" "+SubstituterUnit,
 			"if it stops again, see why: journalctl -u "+SubstituterUnit)
 	}
 	u, err := sshconf.ParseSubstituter(c.URL)

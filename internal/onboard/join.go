@@ -105,15 +105,16 @@ type Plan struct {
 	// Substituter is, for a nixcache:// cache, the command that must keep
 	// running for Nix to substitute from it.
 	Substituter []string
-	// Unit is the substituter's systemd unit when it changes, and
-	// ServiceSteps the systemctl commands that then load and start it.
-	Unit         *FileChange
+	// Units are the substituter's systemd units that change (the socket,
+	// then the service), and ServiceSteps the systemctl commands that then
+	// load and start them.
+	Units        []FileChange
 	ServiceSteps [][]string
 }
 
 // Changed reports whether applying the plan would change anything.
 func (p *Plan) Changed() bool {
-	return p.CreateKey || len(p.SSHFiles) > 0 || len(p.NixConf) > 0 || p.Unit != nil
+	return p.CreateKey || len(p.SSHFiles) > 0 || len(p.NixConf) > 0 || len(p.Units) > 0
 }
 
 // PlanJoin works out every change join makes, touching nothing. It fails
@@ -270,26 +271,37 @@ func (p *Plan) planService() error {
 	if !svc.Systemd {
 		return nil
 	}
-	unit, err := RenderUnit(p.Substituter)
+	service, err := RenderUnit(p.Substituter)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(svc.UnitDir, SubstituterUnit)
-	old, err := readFile(path)
-	if err != nil {
-		return err
+	existed := false
+	for _, u := range []struct {
+		name string
+		data []byte
+	}{{SubstituterSocket, RenderSocket(p.Req.Cache.SubstituterPort)}, {SubstituterUnit, service}} {
+		path := filepath.Join(svc.UnitDir, u.name)
+		old, err := readFile(path)
+		if err != nil {
+			return err
+		}
+		existed = existed || old.exists
+		if !old.exists || string(old.data) != string(u.data) {
+			p.Units = append(p.Units, FileChange{Path: path, Old: old.data, New: u.data, Exists: old.exists, Mode: 0o644})
+		}
 	}
-	if old.exists && string(old.data) == string(unit) {
+	if len(p.Units) == 0 {
 		return nil
 	}
-	p.Unit = &FileChange{Path: path, Old: old.data, New: unit, Exists: old.exists, Mode: 0o644}
 	// Loaded, enabled for every boot, and running before the daemon is
-	// restarted to use it; a changed unit is restarted to take effect.
+	// restarted to use it; changed units are restarted to take effect,
+	// the socket and the service in one transaction.
+	units := []string{SubstituterSocket, SubstituterUnit}
 	p.ServiceSteps = [][]string{{"systemctl", "daemon-reload"}}
-	if old.exists {
-		p.ServiceSteps = append(p.ServiceSteps, []string{"systemctl", "enable", SubstituterUnit}, []string{"systemctl", "restart", SubstituterUnit})
+	if existed {
+		p.ServiceSteps = append(p.ServiceSteps, append([]string{"systemctl", "enable"}, units...), append([]string{"systemctl", "restart"}, units...))
 	} else {
-		p.ServiceSteps = append(p.ServiceSteps, []string{"systemctl", "enable", "--now", SubstituterUnit})
+		p.ServiceSteps = append(p.ServiceSteps, append([]string{"systemctl", "enable", "--now"}, units...))
 	}
 	return nil
 }
@@ -509,7 +521,7 @@ func (p *Plan) Apply(now time.Time) (*Result, error) {
 		}
 		res.Written = append(res.Written, f.Path)
 	}
-	if u := p.Unit; u != nil {
+	for _, u := range p.Units {
 		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
 			return res, err
 		}

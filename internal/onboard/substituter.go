@@ -16,9 +16,13 @@ import (
 // client module's default too.
 const DefaultSubstituterPort = 37515
 
-// SubstituterUnit is the systemd unit that runs the substituter; the NixOS
-// client module's has the same name.
-const SubstituterUnit = "nixcache-substituter.service"
+// SubstituterUnit is the systemd unit that runs the substituter, and
+// SubstituterSocket the one that holds its port; the NixOS client
+// module's have the same names.
+const (
+	SubstituterUnit   = "nixcache-substituter.service"
+	SubstituterSocket = "nixcache-substituter.socket"
+)
 
 // DefaultUnitDir is where the admin's own systemd units live.
 const DefaultUnitDir = "/etc/systemd/system"
@@ -102,6 +106,9 @@ After=network-online.target
 Before=nix-daemon.service
 # Never give up restarting, for the same reason.
 StartLimitIntervalSec=0
+# The port comes from the socket unit.
+Requires=` + SubstituterSocket + `
+After=` + SubstituterSocket + `
 
 [Service]
 ExecStart=` + strings.Join(words, " ") + `
@@ -147,6 +154,24 @@ SystemCallErrorNumber=EPERM
 [Install]
 WantedBy=multi-user.target
 `), nil
+}
+
+// RenderSocket is the socket unit that holds the substituter's port from
+// boot on and across its restarts: the port is not privileged, and a local
+// user who bound it while the substituter was down would see every path
+// Nix asks for and could answer in its place (with nothing Nix accepts:
+// signatures decide that, but with refusals that abort builds).
+func RenderSocket(port int) []byte {
+	return []byte(`# Installed by 'nixcache client join': rewritten by every join, do not edit.
+[Unit]
+Description=The nixcache substituter's port
+
+[Socket]
+ListenStream=127.0.0.1:` + strconv.Itoa(port) + `
+
+[Install]
+WantedBy=sockets.target
+`)
 }
 
 // unitWord quotes w as one word of ExecStart: systemd reads "%" as a

@@ -65,10 +65,12 @@ func TestPlanJoinChannel(t *testing.T) {
 		t.Errorf("the substituter would run as %q, want %q", p.Substituter, wantArgv)
 	}
 	unitPath := filepath.Join(req.Service.UnitDir, SubstituterUnit)
-	if p.Unit == nil || p.Unit.Path != unitPath || p.Unit.Exists {
-		t.Fatalf("planned unit %+v", p.Unit)
+	socketPath := filepath.Join(req.Service.UnitDir, SubstituterSocket)
+	if len(p.Units) != 2 || p.Units[0].Path != socketPath || p.Units[1].Path != unitPath || p.Units[0].Exists || p.Units[1].Exists ||
+		!bytes.Contains(p.Units[0].New, []byte("\nListenStream=127.0.0.1:37515\n")) {
+		t.Fatalf("planned units %+v", p.Units)
 	}
-	wantSteps := [][]string{{"systemctl", "daemon-reload"}, {"systemctl", "enable", "--now", SubstituterUnit}}
+	wantSteps := [][]string{{"systemctl", "daemon-reload"}, {"systemctl", "enable", "--now", SubstituterSocket, SubstituterUnit}}
 	if !slices.EqualFunc(p.ServiceSteps, wantSteps, slices.Equal) {
 		t.Errorf("steps %q, want %q", p.ServiceSteps, wantSteps)
 	}
@@ -88,7 +90,7 @@ func TestPlanJoinChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Changed() || again.Unit != nil || len(again.ServiceSteps) > 0 {
+	if again.Changed() || len(again.Units) > 0 || len(again.ServiceSteps) > 0 {
 		t.Errorf("a second join would change %+v", again)
 	}
 
@@ -97,10 +99,11 @@ func TestPlanJoinChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantSteps = [][]string{{"systemctl", "daemon-reload"}, {"systemctl", "enable", SubstituterUnit}, {"systemctl", "restart", SubstituterUnit}}
-	if moved.Unit == nil || !moved.Unit.Exists || !slices.EqualFunc(moved.ServiceSteps, wantSteps, slices.Equal) ||
-		!bytes.Contains(moved.Unit.New, []byte("--listen 127.0.0.1:8080 ")) {
-		t.Errorf("another port plans unit %+v and steps %q", moved.Unit, moved.ServiceSteps)
+	wantSteps = [][]string{{"systemctl", "daemon-reload"}, {"systemctl", "enable", SubstituterSocket, SubstituterUnit},
+		{"systemctl", "restart", SubstituterSocket, SubstituterUnit}}
+	if len(moved.Units) != 2 || !moved.Units[0].Exists || !slices.EqualFunc(moved.ServiceSteps, wantSteps, slices.Equal) ||
+		!bytes.Contains(moved.Units[0].New, []byte("ListenStream=127.0.0.1:8080\n")) || !bytes.Contains(moved.Units[1].New, []byte("--listen 127.0.0.1:8080 ")) {
+		t.Errorf("another port plans units %+v and steps %q", moved.Units, moved.ServiceSteps)
 	}
 }
 
@@ -112,8 +115,8 @@ func TestPlanJoinChannelWithoutService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Unit != nil || len(p.ServiceSteps) > 0 || len(p.Substituter) == 0 {
-		t.Errorf("planned unit %+v, steps %q, command %q", p.Unit, p.ServiceSteps, p.Substituter)
+	if len(p.Units) > 0 || len(p.ServiceSteps) > 0 || len(p.Substituter) == 0 {
+		t.Errorf("planned units %+v, steps %q, command %q", p.Units, p.ServiceSteps, p.Substituter)
 	}
 	if _, err := os.Stat(req.Service.UnitDir); err == nil {
 		t.Error("planning made the unit directory")
@@ -179,6 +182,7 @@ func TestRenderUnit(t *testing.T) {
 		`ExecStart="/opt/nix cache/bin/nixcache" client substituter --cache ssh://nix-ssh@cache.example.org:2222 --listen 127.0.0.1:37515 --ssh-dir "/root/odd \"dir\" 100%%$$HOME\\x" --server-max-sessions 4 --channels 4`,
 		"Restart=always", "RestartSec=1", "StartLimitIntervalSec=0",
 		"After=network-online.target", "Wants=network-online.target", "Before=nix-daemon.service", "WantedBy=multi-user.target",
+		"Requires=nixcache-substituter.socket", "After=nixcache-substituter.socket",
 		// Root's ssh directory stays readable; nothing else is writable.
 		"ProtectHome=read-only", "ProtectSystem=strict", "PrivateTmp=yes", "CapabilityBoundingSet=", "NoNewPrivileges=yes",
 	} {
@@ -197,7 +201,7 @@ func TestRenderUnit(t *testing.T) {
 	}
 }
 
-// systemd itself accepts the unit, when its analyzer is installed.
+// systemd itself accepts the units, when its analyzer is installed.
 func TestRenderedUnitVerifies(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -211,11 +215,15 @@ func TestRenderedUnitVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(t.TempDir(), SubstituterUnit)
+	dir := t.TempDir()
+	file, socket := filepath.Join(dir, SubstituterUnit), filepath.Join(dir, SubstituterSocket)
 	if err := os.WriteFile(file, unit, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(analyze, "verify", file).CombinedOutput()
+	if err := os.WriteFile(socket, RenderSocket(37515), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(analyze, "verify", socket, file).CombinedOutput()
 	if err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
