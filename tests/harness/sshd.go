@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/internal/atomicfile"
@@ -345,5 +347,35 @@ func (s *Server) Log() string {
 	return string(b)
 }
 
-// Close stops sshd and the sessions it forked.
-func (s *Server) Close() { s.sshd.stop() }
+// Close stops sshd and the connections it serves, as a server going down
+// would: each connection's sshd calls setsid(), so stopping sshd's process
+// group alone would leave them running.
+func (s *Server) Close() {
+	if s.sshd != nil && s.sshd.cmd.Process != nil {
+		for _, child := range children(s.sshd.cmd.Process.Pid) {
+			// A session leader: its group is the connection's processes.
+			syscall.Kill(-child, syscall.SIGKILL)
+			syscall.Kill(child, syscall.SIGKILL)
+		}
+	}
+	s.sshd.stop()
+}
+
+// children are the PIDs whose parent is pid.
+func children(pid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var out []int
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// The fields after the command's name, which ends at the last ')'.
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+			out = append(out, child)
+		}
+	}
+	return out
+}
