@@ -59,9 +59,9 @@ type Server struct {
 	// local user can start them and never read) must not starve the
 	// narinfo lookups Nix waits on.
 	small, nars *http.Client
-	opt      Options
-	narinfos *narinfoCache
-	spool    *spool
+	opt         Options
+	narinfos    *narinfoCache
+	spool       *spool
 	// narinfoTimeout is narinfoTimeout; tests shorten it.
 	narinfoTimeout time.Duration
 	ctx            context.Context
