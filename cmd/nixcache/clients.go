@@ -228,7 +228,7 @@ func clientsAuthorizedKeysCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "authorized-keys",
 		Usage:     "write sshd's authorized_keys for the cache account",
-		UsageText: "nixcache clients authorized-keys [--registry FILE] [--protocol ssh|ssh-ng] [--serve-command PATH] [--output FILE]",
+		UsageText: "nixcache clients authorized-keys [--registry FILE] [--protocol ssh|ssh-ng|nixcache] [--serve-command PATH] [--output FILE]",
 		Description: `Renders the registry as an OpenSSH authorized_keys file for the account
 clients log in as (nix-ssh), one line per client:
 
@@ -242,6 +242,9 @@ paths and nothing else. --protocol ssh-ng forces 'nix-daemon --stdio', which
 serves clients as untrusted daemon users: they can also build derivations
 on the server, add content-addressed or validly signed paths, add GC roots
 and run the garbage collector. Choose it only for clients trusted that far.
+--protocol nixcache forces 'nixcache serve --client NAME', the dispatcher:
+the channel of 'nixcache client substituter', and the read-only
+'nix-store --serve' for ssh:// clients (see 'nixcache serve --help').
 --serve-command replaces the program (found through PATH by default), for
 instance with a store path on NixOS; nixcache never adds --write. The file
 goes to standard output, or replaces --output FILE atomically (mode 0644).
@@ -250,8 +253,8 @@ EXAMPLES:
    nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
    nixcache clients authorized-keys --serve-command /usr/bin/nix-store`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "protocol", Value: string(registry.SSH), Usage: "serve with `PROTOCOL` ssh (nix-store --serve, read-only) or ssh-ng (nix-daemon --stdio, see above)"},
-			&cli.StringFlag{Name: "serve-command", Usage: "run the program at `PATH` (default: nix-daemon or nix-store, through PATH)"},
+			&cli.StringFlag{Name: "protocol", Value: string(registry.SSH), Usage: "serve with `PROTOCOL` ssh (nix-store --serve, read-only), ssh-ng (nix-daemon --stdio, see above) or nixcache (nixcache serve)"},
+			&cli.StringFlag{Name: "serve-command", Usage: "run the program at `PATH` (default: nix-store, nix-daemon or nixcache, through PATH)"},
 			&cli.StringFlag{Name: "output", Usage: "write to `FILE` instead of standard output"},
 			registryFlag(),
 		},

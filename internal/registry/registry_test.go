@@ -444,6 +444,17 @@ func TestAuthorizedKeys(t *testing.T) {
 			t.Errorf("%s %q:\n%s\nwant:\n%s", tc.proto, tc.program, out, want)
 		}
 	}
+	// The dispatcher is told each line's client.
+	out, err := r.AuthorizedKeys(Nixcache, "/usr/bin/nixcache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := AuthorizedKeysHeader +
+		`restrict,command="/usr/bin/nixcache serve --client a" ` + keyA + " nixcache:a\n" +
+		`restrict,command="/usr/bin/nixcache serve --client b" ` + kb + " nixcache:b\n"
+	if string(out) != want {
+		t.Errorf("nixcache:\n%s\nwant:\n%s", out, want)
+	}
 	for _, bad := range []string{"nix-daemon --write", "bin/nix-daemon", "/a//b", "/bin/sh;id", `"x"`, "$(id)", "-x", "/nix/store/x y"} {
 		if _, err := r.AuthorizedKeys(SSHNG, bad); err == nil {
 			t.Errorf("serve command %q accepted", bad)

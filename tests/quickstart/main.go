@@ -12,11 +12,14 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -24,7 +27,7 @@ import (
 )
 
 func main() {
-	proto := flag.String("protocol", "ssh", "serve with `ssh` (nix-store --serve, read-only) or ssh-ng (nix-daemon --stdio)")
+	proto := flag.String("protocol", "ssh", "serve with `ssh` (nix-store --serve, read-only), ssh-ng (nix-daemon --stdio) or nixcache (the channel, through a local substituter)")
 	keep := flag.Bool("keep", false, "keep the cache running until interrupted")
 	flag.Parse()
 	if err := run(harness.Protocol(*proto), *keep); err != nil {
@@ -45,8 +48,8 @@ func show(r harness.Result) error {
 func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n    ") }
 
 func run(proto harness.Protocol, keep bool) error {
-	if proto != harness.SSH && proto != harness.SSHNG {
-		return fmt.Errorf("unknown protocol %q: use ssh or ssh-ng", proto)
+	if proto != harness.SSH && proto != harness.SSHNG && proto != harness.Nixcache {
+		return fmt.Errorf("unknown protocol %q: use ssh, ssh-ng or nixcache", proto)
 	}
 	env, err := harness.Start()
 	if err != nil {
@@ -85,7 +88,9 @@ func run(proto harness.Protocol, keep bool) error {
 		return err
 	}
 
-	step("server: sshd on loopback; nix-ssh is forced into the %s serve command", proto)
+	step("server: sshd on loopback; nix-ssh is forced into %s", map[harness.Protocol]string{
+		harness.SSH: "the read-only nix-store --serve", harness.SSHNG: "nix-daemon --stdio",
+		harness.Nixcache: "nixcache serve, which knows the registry's clients and serves them the channel"}[proto])
 	server, err := env.StartServer(proto)
 	if err != nil {
 		return err
@@ -104,20 +109,30 @@ func run(proto harness.Protocol, keep bool) error {
 		return err
 	}
 	cacheURL := fmt.Sprintf("%s://%s@127.0.0.1:%d", proto, harness.CacheUser, server.Port)
+	var extra []string
+	if proto == harness.Nixcache {
+		// This machine's own substituter (if any) keeps the default port.
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		extra = []string{"--substituter-port", fmt.Sprint(port)}
+	}
 	fmt.Println(indent(fmt.Sprintf("nixcache client join --cache %s --public-key %s --host-key-fingerprint %s",
 		cacheURL, publicKey, ssh.FingerprintSHA256(hostKey))))
 	onClient := []string{"--nix-conf-dir", m.ConfDir, "--ssh-dir", m.SSHDir, "--service-manager", "none", "--name", "quickstart-client"}
-	r = harness.Run(m.Environ(), nixcache, append([]string{"client", "join", "--cache", cacheURL, "--public-key", publicKey,
-		"--host-key-fingerprint", ssh.FingerprintSHA256(hostKey)}, onClient...)...)
+	r = harness.Run(m.Environ(), nixcache, append(append([]string{"client", "join", "--cache", cacheURL, "--public-key", publicKey,
+		"--host-key-fingerprint", ssh.FingerprintSHA256(hostKey)}, onClient...), extra...)...)
 	if err := show(r); err != nil {
 		return err
 	}
+	joined := r
 	conf, _ := os.ReadFile(filepath.Join(m.ConfDir, "nix.conf"))
 	fmt.Println(indent("nix.conf is now:\n" + strings.TrimSpace(string(conf))))
 
 	step("server: the admin runs the line join printed, and renders authorized_keys from the registry")
-	registry := filepath.Join(dir, "server", "clients.toml")
-	add := strings.TrimSpace(r.Stdout) + ` --registry "$1"`
+	registry := server.Registry()
+	add := strings.TrimSpace(joined.Stdout) + ` --registry "$1"`
 	if err := show(harness.Run(env.Environ("PATH="+filepath.Dir(nixcache)+":"+os.Getenv("PATH")), "sh", "-c", add, "sh", registry)); err != nil {
 		return err
 	}
@@ -133,6 +148,15 @@ func run(proto harness.Protocol, keep bool) error {
 	}
 	if err := server.Authorize(lines...); err != nil {
 		return err
+	}
+
+	if proto == harness.Nixcache {
+		step("client: the local substituter, as join printed it (on a real client join installs and starts it with systemd)")
+		stop, err := startSubstituter(joined.Stderr, m)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	step("client: the daemon restarts (here the quickstart's own; on a real client join runs systemctl or launchctl)")
@@ -169,4 +193,57 @@ func run(proto harness.Protocol, keep bool) error {
 		<-sig
 	}
 	return nil
+}
+
+// startSubstituter runs the substituter command join printed (indented, on
+// its own line) for the machine until stop is called, and waits until it
+// serves.
+func startSubstituter(joinStderr string, m *harness.Machine) (stop func(), err error) {
+	var command string
+	for _, line := range strings.Split(joinStderr, "\n") {
+		if strings.HasPrefix(line, "    ") && strings.Contains(line, " client substituter ") {
+			command = strings.TrimSpace(line)
+		}
+	}
+	if command == "" {
+		return nil, fmt.Errorf("join printed no substituter command:\n%s", joinStderr)
+	}
+	fmt.Println(indent(command))
+	logPath := filepath.Join(m.Dir, "substituter.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	// exec: the PID is the substituter's.
+	cmd := exec.Command("sh", "-c", "exec "+command)
+	cmd.Env = m.Environ()
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "serving") {
+			fmt.Println(indent(strings.TrimSpace(string(b))))
+			return stop, nil
+		}
+	}
+	stop()
+	b, _ := os.ReadFile(logPath)
+	return nil, fmt.Errorf("the substituter did not start serving:\n%s", b)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
