@@ -126,10 +126,13 @@ func TestStalledLinkIsDropped(t *testing.T) {
 		t.Errorf("a request after the stall took %s, want at once", d)
 	}
 	link.set(false)
-	waitFor(t, "the reconnection", up.Up)
-	if code, _ := f.get(t, "GET", "/"+storeHash(2)+".narinfo"); code != 200 {
-		t.Errorf("narinfo after reconnecting: %d", code)
-	}
+	// Once reconnected, narinfos come again. (On a loaded machine a request
+	// may still outlast the short timeout this test sets, which drops the
+	// connection again: that is the behaviour under test, so retry.)
+	waitFor(t, "a narinfo after reconnecting", func() bool {
+		code, _ := f.get(t, "GET", "/"+storeHash(2)+".narinfo")
+		return code == 200
+	})
 	if !strings.Contains(l.String(), "stalled") {
 		t.Errorf("the stall was not logged:\n%s", l)
 	}
