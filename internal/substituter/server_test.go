@@ -385,9 +385,9 @@ func TestStalledNARsLeaveChannelsForNarinfos(t *testing.T) {
 		fmt.Fprintf(c, "GET /nar/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", narName(i))
 	}
 	time.Sleep(500 * time.Millisecond)
+	// Starved, the narinfo would wait out its timeout and come back 404.
 	start := time.Now()
-	code, _ := f.get(t, "GET", "/"+storeHash(100)+".narinfo")
-	if code != 200 || time.Since(start) > 3*time.Second {
+	if code, _ := f.get(t, "GET", "/"+storeHash(100)+".narinfo"); code != 200 {
 		t.Errorf("with every NAR channel held, a narinfo took %v and got %d\n%s", time.Since(start), code, f.logs)
 	}
 }
