@@ -243,7 +243,9 @@ func TestCacheDownAnswersAtOnce(t *testing.T) {
 	if code, _ := f.get(t, "GET", "/nar/"+narName(1)); code != http.StatusBadGateway {
 		t.Errorf("NAR, cache down: %d, want 502", code)
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
+	// At once: far under connectTimeout, the least a wait on the network
+	// would cost (a loaded machine may still take a while to answer).
+	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("three answers took %s while the cache was down", d)
 	}
 	f.cache.restart()
