@@ -47,3 +47,30 @@ func TestRefusesRequestsForAnotherHost(t *testing.T) {
 		}
 	}
 }
+
+// A web page's request to 127.0.0.1 (no rebinding needed: it cannot read
+// the answer, but could make the substituter fetch) is refused before the
+// cache hears of it.
+func TestRefusesBrowsersRequests(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.cache.addPath(1, 10)
+	for _, h := range [][2]string{{"Origin", "https://attacker.example"}, {"Sec-Fetch-Site", "cross-site"}} {
+		req, err := http.NewRequest("GET", f.url+"/"+storeHash(1)+".narinfo", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(h[0], h[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: %s, want 403", h[0], resp.Status)
+		}
+	}
+	if got := f.cache.files.requests(); len(got) != 0 {
+		t.Errorf("the cache was asked %q", got)
+	}
+}
+

@@ -207,6 +207,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "nixcache substituter: answers loopback names only", http.StatusForbidden)
 		return
 	}
+	// A browser's request, sent by a web page to 127.0.0.1: it could not
+	// read the answer, but could start prefetches and load the cache. Nix
+	// sends neither header.
+	if r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" {
+		http.Error(w, "nixcache substituter: answers Nix, not web pages", http.StatusForbidden)
+		return
+	}
 	req, ok := parseRequest(r.URL.Path)
 	if !ok || r.URL.RawQuery != "" {
 		http.NotFound(w, r)
