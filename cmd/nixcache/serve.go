@@ -22,11 +22,6 @@ import (
 	"github.com/nixcache/nixcache/internal/registry"
 )
 
-// channelCommand is what a client's substituter asks for on an SSH channel
-// to speak the binary-cache protocol (HTTP/1.1 on the channel). The trailing
-// version leaves room for another.
-const channelCommand = "nixcache-binary-cache"
-
 func serveCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "serve",
@@ -80,7 +75,7 @@ EXAMPLES:
 			}
 			args := strings.Fields(original)
 			switch {
-			case original == channelCommand:
+			case original == binarycache.ChannelCommand:
 				return serveBinaryCache(ui, stillRegistered(path, client))
 			case len(args) >= 2 && filepath.Base(args[0]) == "nix-store" && args[1] == "--serve":
 				return execProgram(c.String("nix-store"), "--serve")

@@ -58,6 +58,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.narinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
 	case strings.HasPrefix(p, "/nar/") && strings.Count(p, "/") == 2:
 		h.nar(w, r, p[len("/nar/"):])
+	case strings.HasPrefix(p, ClosurePrefix) && strings.Count(p, "/") == 2:
+		h.closure(w, r, p[len(ClosurePrefix):])
 	default:
 		http.NotFound(w, r)
 	}
@@ -190,4 +192,75 @@ func (h *Handler) serverError(w http.ResponseWriter, err error) {
 		h.Logf("%v", err)
 	}
 	http.Error(w, "the cache's Nix daemon failed", http.StatusInternalServerError)
+}
+
+// ChannelCommand is the exec command of an SSH session channel on which
+// the client speaks this API (HTTP/1.1 over the channel's standard input and
+// output): 'nixcache serve' answers it, 'nixcache client substituter' asks
+// for it.
+const ChannelCommand = "nixcache-binary-cache"
+
+// ClosurePrefix is where the narinfos of a path's whole closure are served
+// at once, for nixcache's substituter (Nix knows nothing of it):
+// /nixcache-closure/HASH answers the narinfos of the path with that hash
+// part and of everything it refers to, directly or not, each followed by a
+// blank line, the path's own first. Nix asks for narinfos one by one, and
+// over a WAN each costs a round trip; so the substituter, asked for one,
+// asks for its closure and answers the rest from memory.
+const ClosurePrefix = "/nixcache-closure/"
+
+// maxClosure bounds a closure answer. Beyond it, the answer ends and the
+// substituter asks for what is missing one narinfo at a time.
+const maxClosure = 20000
+
+func (h *Handler) closure(w http.ResponseWriter, r *http.Request, hash string) {
+	if !validHash(hash) {
+		http.NotFound(w, r)
+		return
+	}
+	top, err := h.lookup(r.Context(), hash)
+	if err != nil {
+		h.serverError(w, err)
+		return
+	}
+	if top == nil {
+		http.NotFound(w, r)
+		return
+	}
+	// Breadth first, each level's infos asked for in one pipelined batch.
+	var b strings.Builder
+	seen := map[string]bool{top.Path: true}
+	level := []*daemon.PathInfo{top}
+	for n := 1; len(level) > 0; {
+		var next []string
+		for _, info := range level {
+			b.WriteString(NarInfo(info))
+			b.WriteString("\n")
+			for _, ref := range info.References {
+				if !seen[ref] && n < maxClosure {
+					seen[ref] = true
+					next = append(next, ref)
+					n++
+				}
+			}
+		}
+		level = level[:0]
+		if len(next) == 0 {
+			break
+		}
+		err := h.conn.QueryPathInfos(next, func(_ int, info *daemon.PathInfo, err error) error {
+			if err == nil {
+				level = append(level, info)
+			}
+			// A reference collected meanwhile is left out: the substituter
+			// asks for it alone, and hears it is gone.
+			return nil
+		})
+		if err != nil {
+			h.dropConn()
+			h.serverError(w, err)
+			return
+		}
+	}
+	reply(w, r, "text/x-nixcache-narinfos", b.String())
 }

@@ -24,6 +24,8 @@ type narinfoFacts struct {
 	// uncompressed: Compression is none (or absent), as nixcache serve
 	// writes it.
 	uncompressed bool
+	// self is the hash part of the narinfo's own store path.
+	self string
 }
 
 // parseNarinfo reads the fields prefetching uses and ignores the rest; a
@@ -56,6 +58,7 @@ func parseNarinfo(data []byte) narinfoFacts {
 			refs = strings.Fields(value)
 		}
 	}
+	f.self = self
 	f.uncompressed = compression == "" || compression == "none"
 	f.size = fileSize
 	if f.size == 0 && f.uncompressed {

@@ -73,4 +73,3 @@ func TestRefusesBrowsersRequests(t *testing.T) {
 		t.Errorf("the cache was asked %q", got)
 	}
 }
-

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nixcache/nixcache/internal/binarycache"
 )
 
 // Options tune a Server; the zero value of each field means its default.
@@ -131,12 +132,10 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 			ResponseHeaderTimeout: 30 * time.Second,
 		}}
 	}
-	// A quarter of the channels, at least one, are kept for narinfos; with
-	// a single channel both share it.
-	small := channels(max(1, opt.Channels/4))
+	small := channels(narinfoChannels(opt.Channels))
 	nars := small
 	if opt.Channels > 1 {
-		nars = channels(opt.Channels - max(1, opt.Channels/4))
+		nars = channels(opt.Channels - narinfoChannels(opt.Channels))
 	}
 	s := &Server{
 		up:             up,
@@ -168,9 +167,9 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		s.goWork(s.prefetchNarinfos)
 	}
 	if s.spool != nil {
-		// Half the channels at most, so that Nix's own requests always
-		// find one.
-		for range max(1, opt.Channels/2) {
+		// All the NAR channels but one, which Nix's own requests always
+		// find (a NAR being prefetched, Nix follows as it arrives).
+		for range max(1, opt.Channels-narinfoChannels(opt.Channels)-1) {
 			s.goWork(s.prefetchNARs)
 		}
 	}
@@ -300,14 +299,8 @@ func (s *Server) narinfo(hash string) ([]byte, error) {
 	}
 	conn := s.up.current()
 	ctx, cancel := context.WithTimeout(s.ctx, s.narinfoTimeout)
-	c.body, c.err = s.fetchSmall(ctx, request{kind: narInfo, name: hash}.upstreamPath())
+	c.body, c.err = s.fetchClosure(ctx, hash)
 	cancel()
-	if c.body != nil {
-		c.err = checkNarinfo(c.body)
-		if c.err != nil {
-			c.body = nil
-		}
-	}
 	if errors.Is(c.err, context.DeadlineExceeded) {
 		s.up.drop(conn, "no narinfo within "+s.narinfoTimeout.String())
 	}
@@ -321,6 +314,11 @@ func (s *Server) narinfo(hash string) ([]byte, error) {
 	return c.body, c.err
 }
 
+// narinfoChannels is how many of n channels are kept for narinfos: a
+// quarter, at least one (with a single channel, both kinds share it).
+// Narinfos come a closure at a time, so few are needed.
+func narinfoChannels(n int) int { return max(1, n/4) }
+
 // checkNarinfo refuses a narinfo that would send Nix elsewhere for the NAR:
 // the URL is not covered by the signature, so a hostile cache could reuse a
 // signed narinfo with an absolute URL (http://, file://) and have the
@@ -331,6 +329,53 @@ func checkNarinfo(body []byte) error {
 		return errors.New("the cache sent a narinfo whose NAR is not nar/HASH-NARHASH.nar, uncompressed, of a known size")
 	}
 	return nil
+}
+
+// maxClosureAnswer bounds the narinfos of one closure read at once: about
+// 20,000 paths, what nixcache serve sends at most.
+const maxClosureAnswer = 32 << 20
+
+// fetchClosure asks the cache for the narinfos of hash's whole closure in
+// one round trip (binarycache.ClosurePrefix), keeps them all, and returns
+// hash's own, or nil when the cache has no such path. Nix asks next for
+// the narinfos of the references it lacks: they are here already.
+func (s *Server) fetchClosure(ctx context.Context, hash string) ([]byte, error) {
+	resp, err := s.get(ctx, binarycache.ClosurePrefix+hash)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("the cache answered %q", resp.Status)
+	}
+	all, err := io.ReadAll(io.LimitReader(resp.Body, maxClosureAnswer+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(all) > maxClosureAnswer {
+		return nil, fmt.Errorf("the cache sent more than %d bytes of narinfos", maxClosureAnswer)
+	}
+	var own []byte
+	// Each narinfo ends with a line break and is followed by a blank line.
+	for block := range strings.SplitSeq(strings.TrimSuffix(string(all), "\n\n"), "\n\n") {
+		body := []byte(block + "\n")
+		if len(body) > maxNarinfo || checkNarinfo(body) != nil {
+			return nil, errors.New("the cache sent a closure with a narinfo unlike nixcache serve's")
+		}
+		f := parseNarinfo(body)
+		if f.self == hash {
+			own = body
+		}
+		s.narinfos.put(f.self, body)
+	}
+	if own == nil {
+		return nil, errors.New("the cache sent a closure without the path asked for")
+	}
+	return own, nil
 }
 
 // fetchSmall GETs a small file from the cache: its content, or nil for a

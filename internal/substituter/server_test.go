@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nixcache/nixcache/internal/binarycache"
 )
 
 type fixture struct {
@@ -115,9 +117,9 @@ func TestNarinfoAnswersAreCached(t *testing.T) {
 			t.Fatalf("nix-cache-info: %d %q", code, body)
 		}
 	}
-	// One request each reached the cache: the rest were answered from
-	// memory, the 404 included.
-	for _, p := range []string{"GET /" + storeHash(1) + ".narinfo", "GET /" + storeHash(2) + ".narinfo", "GET /nix-cache-info"} {
+	// One request each reached the cache (a narinfo is asked for with its
+	// closure): the rest were answered from memory, the 404 included.
+	for _, p := range []string{"GET " + binarycache.ClosurePrefix + storeHash(1), "GET " + binarycache.ClosurePrefix + storeHash(2), "GET /nix-cache-info"} {
 		if n := f.cache.files.count(p); n != 1 {
 			t.Errorf("%q reached the cache %d times, want 1: %q", p, n, f.cache.files.requests())
 		}
@@ -171,15 +173,24 @@ func TestPrefetch(t *testing.T) {
 	if code, _ := f.get(t, "GET", "/"+storeHash(1)+".narinfo"); code != 200 {
 		t.Fatal(code)
 	}
-	waitFor(t, "the closure's narinfos", func() bool {
-		return f.cache.files.count("GET /"+storeHash(3)+".narinfo") == 1 && f.cache.files.count("GET /"+storeHash(4)+".narinfo") == 1
-	})
+	// The closure's narinfos came with 1's, in one request.
+	if n := f.cache.files.count("GET " + binarycache.ClosurePrefix + storeHash(1)); n != 1 {
+		t.Fatalf("1's closure was asked for %d times, want 1: %q", n, f.cache.files.requests())
+	}
 	waitFor(t, "the NAR in the spool", func() bool { return f.cache.files.count("GET /nar/"+narName(1)) == 1 })
 	// Nix now asks for the closure's narinfos and the NAR: none of it
 	// goes to the cache again.
 	for _, i := range []int{2, 3, 4} {
-		if code, _ := f.get(t, "GET", "/"+storeHash(i)+".narinfo"); code != 200 {
+		code, body := f.get(t, "GET", "/"+storeHash(i)+".narinfo")
+		if code != 200 {
 			t.Fatalf("narinfo %d: %d", i, code)
+		}
+		// Byte for byte the cache's, though it came within 1's closure.
+		f.cache.files.mu.Lock()
+		want := f.cache.files.small["/"+storeHash(i)+".narinfo"]
+		f.cache.files.mu.Unlock()
+		if body != want {
+			t.Errorf("narinfo %d from the closure:\n%q\nthe cache's:\n%q", i, body, want)
 		}
 	}
 	code, body := f.get(t, "GET", "/nar/"+narName(1))
@@ -190,8 +201,8 @@ func TestPrefetch(t *testing.T) {
 		t.Errorf("the NAR was fetched %d times, want 1", n)
 	}
 	for _, i := range []int{2, 3, 4} {
-		if n := f.cache.files.count("GET /" + storeHash(i) + ".narinfo"); n != 1 {
-			t.Errorf("narinfo %d was fetched %d times, want 1", i, n)
+		if n := f.cache.files.count("GET /"+storeHash(i)+".narinfo") + f.cache.files.count("GET "+binarycache.ClosurePrefix+storeHash(i)); n != 0 {
+			t.Errorf("narinfo %d was fetched %d times more, want none: it came with 1's closure", i, n)
 		}
 	}
 	// Served once, the NAR left the spool (a second request goes to the

@@ -63,6 +63,9 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.asked = append(f.asked, r.Method+" "+r.URL.RequestURI())
 	body, small := f.small[r.URL.Path]
 	size, isNAR := f.nars[r.URL.Path]
+	if hash, ok := strings.CutPrefix(r.URL.Path, binarycache.ClosurePrefix); ok {
+		body, small = f.closureLocked(hash)
+	}
 	f.mu.Unlock()
 	switch {
 	case small:
@@ -89,6 +92,39 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// closureLocked is what nixcache serve answers at ClosurePrefix+hash: the
+// narinfos of the path and of everything it refers to, each followed by a
+// blank line.
+func (f *cacheFiles) closureLocked(hash string) (string, bool) {
+	var b strings.Builder
+	seen := map[string]bool{}
+	queue := []string{hash}
+	for len(queue) > 0 {
+		h := queue[0]
+		queue = queue[1:]
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		info, ok := f.small["/"+h+".narinfo"]
+		if !ok {
+			if h == hash {
+				return "", false
+			}
+			continue
+		}
+		b.WriteString(info + "\n")
+		for _, line := range strings.Split(info, "\n") {
+			if refs, ok := strings.CutPrefix(line, "References: "); ok {
+				for _, ref := range strings.Fields(refs) {
+					queue = append(queue, ref[:storeHashLen])
+				}
+			}
+		}
+	}
+	return b.String(), true
 }
 
 func (f *cacheFiles) requests() []string {

@@ -12,12 +12,12 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixcache/nixcache/internal/binarycache"
 	"github.com/nixcache/nixcache/internal/sshconf"
 )
 
-// ChannelCommand is the exec command of a session channel on which the
-// cache's `nixcache serve` speaks HTTP/1.1.
-const ChannelCommand = "nixcache-binary-cache"
+// ChannelCommand is the exec command of the channel nixcache serve answers.
+const ChannelCommand = binarycache.ChannelCommand
 
 // The bounds on waiting for the cache. A build must not wait long on a cache
 // that is gone: the same 5 s as ssh's ConnectTimeout in join's settings, and

@@ -123,3 +123,30 @@ func withoutURL(narinfo string) string {
 	}
 	return strings.Join(keep, "\n")
 }
+
+// A closure's narinfos come in one answer, each what the narinfo endpoint
+// answers for its path, the path's own first.
+func TestClosureNarinfosInOneAnswer(t *testing.T) {
+	cl, err := env.Build(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(cacheHandler(t))
+	defer srv.Close()
+	topHash := filepath.Base(cl.Top)[:32]
+	all := get(t, srv.URL+binarycache.ClosurePrefix+topHash, http.StatusOK)
+	blocks := strings.Split(strings.TrimSuffix(all, "\n\n"), "\n\n")
+	if len(blocks) != len(cl.Paths) {
+		t.Fatalf("%d narinfos for a closure of %d paths:\n%s", len(blocks), len(cl.Paths), all)
+	}
+	if field(blocks[0], "StorePath") != cl.Top {
+		t.Errorf("the first narinfo is %s's, want the top's", field(blocks[0], "StorePath"))
+	}
+	for _, b := range blocks {
+		p := field(b, "StorePath")
+		if one := get(t, srv.URL+"/"+filepath.Base(p)[:32]+".narinfo", http.StatusOK); one != b+"\n" {
+			t.Errorf("%s in the closure:\n%s\nalone:\n%s", p, b, one)
+		}
+	}
+	get(t, srv.URL+binarycache.ClosurePrefix+strings.Repeat("0", 32), http.StatusNotFound)
+}
