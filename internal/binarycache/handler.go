@@ -60,6 +60,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.nar(w, r, p[len("/nar/"):])
 	case strings.HasPrefix(p, ClosurePrefix) && strings.Count(p, "/") == 2:
 		h.closure(w, r, p[len(ClosurePrefix):])
+	case strings.HasPrefix(p, NarsPrefix) && strings.Count(p, "/") == 2:
+		h.nars(w, r, strings.Split(p[len(NarsPrefix):], ","))
 	default:
 		http.NotFound(w, r)
 	}
@@ -263,4 +265,81 @@ func (h *Handler) closure(w http.ResponseWriter, r *http.Request, hash string) {
 		}
 	}
 	reply(w, r, "text/x-nixcache-narinfos", b.String())
+}
+
+// NarsPrefix is where several NARs are served in one response, for
+// nixcache's substituter: /nixcache-nars/NAME,NAME,... (each NAME as in a
+// narinfo's URL, HASH-NARHASH.nar) answers, for each in order, a line
+// "NAME SIZE" and the NAR's SIZE bytes, or "NAME -" for one the cache
+// does not have. A NAR costs a round trip before its first byte; a batch
+// pays one for all, which is what lets the link, not its latency, bound a
+// closure of many small paths.
+const NarsPrefix = "/nixcache-nars/"
+
+// MaxNarsBatch bounds the NARs of one batch (and so its URL).
+const MaxNarsBatch = 32
+
+func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string) {
+	if len(names) == 0 || len(names) > MaxNarsBatch {
+		http.NotFound(w, r)
+		return
+	}
+	infos := make([]*daemon.PathInfo, len(names))
+	total := int64(0)
+	for i, name := range names {
+		hash, narHash, err := parseNarName(name)
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		info, err := h.lookup(r.Context(), hash)
+		if err != nil {
+			h.serverError(w, err)
+			return
+		}
+		if info != nil && bytes.Equal(info.NarHash, narHash) {
+			infos[i] = info
+			total += int64(info.NarSize)
+		}
+		total += int64(len(narsHeader(name, infos[i])))
+	}
+	w.Header().Set("Content-Type", "application/x-nixcache-nars")
+	w.Header().Add("Vary", "Accept-Encoding")
+	if r.Method == http.MethodHead || !acceptsZstd(r) {
+		w.Header().Set("Content-Length", strconv.FormatInt(total, 10))
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	var out io.Writer = w
+	var finish func() error
+	if acceptsZstd(r) {
+		a := &adaptiveWriter{w: w, size: uint64(total)}
+		out, finish = a, a.Close
+	}
+	for i, name := range names {
+		_, err := io.WriteString(out, narsHeader(name, infos[i]))
+		if err == nil && infos[i] != nil {
+			sum := sha256.New()
+			err = h.conn.NarFromPath(infos[i].Path, infos[i].NarSize, io.MultiWriter(out, sum))
+			if err == nil {
+				err = checkSum(sum, infos[i])
+			}
+		}
+		if err != nil {
+			h.dropConn()
+			panic(http.ErrAbortHandler)
+		}
+	}
+	if finish != nil && finish() != nil {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// narsHeader is the line before a NAR in a batch.
+func narsHeader(name string, info *daemon.PathInfo) string {
+	if info == nil {
+		return name + " -\n"
+	}
+	return name + " " + strconv.FormatUint(info.NarSize, 10) + "\n"
 }

@@ -1,6 +1,7 @@
 package substituter
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -623,12 +624,125 @@ func (s *Server) prefetchNARs() {
 		case <-s.ctx.Done():
 			return
 		case job := <-s.narQueue:
-			if s.markSeen(job.file, seenByPrefetch) != 0 {
-				continue
+			// What else is queued goes in the same request: a NAR costs a
+			// round trip before its first byte, a batch one for all.
+			batch := []narJob{job}
+		more:
+			for len(batch) < binarycache.MaxNarsBatch {
+				select {
+				case j := <-s.narQueue:
+					batch = append(batch, j)
+				default:
+					break more
+				}
 			}
-			s.prefetchNAR(job)
+			s.prefetchBatch(batch)
 		}
 	}
+}
+
+// prefetchBatch fetches the NARs of jobs into the spool: those it has room
+// for at once in one request, each of the others alone once there is room.
+func (s *Server) prefetchBatch(jobs []narJob) {
+	var now []narJob
+	var entries []*spooled
+	var later []narJob
+	for _, job := range jobs {
+		if s.markSeen(job.file, seenByPrefetch) != 0 || s.askedByNix(job.file) || s.spool.has(job.file) {
+			continue
+		}
+		e, err := s.spool.reserve(job.file, job.size)
+		if err != nil {
+			s.opt.Logf("spool: %v", err)
+			continue
+		}
+		if e == nil {
+			later = append(later, job)
+			continue
+		}
+		now, entries = append(now, job), append(entries, e)
+	}
+	if len(now) > 0 {
+		s.fetchBatch(now, entries)
+	}
+	for _, job := range later {
+		s.prefetchNAR(job)
+	}
+}
+
+// fetchBatch fills the spool entries of jobs from one batch request
+// (binarycache.NarsPrefix), each as its bytes arrive: Nix asking for one
+// follows it.
+func (s *Server) fetchBatch(jobs []narJob, entries []*spooled) {
+	names := make([]string, len(jobs))
+	for i, j := range jobs {
+		names[i] = j.file
+	}
+	var br *bufio.Reader
+	resp, err := s.get(s.ctx, binarycache.NarsPrefix+strings.Join(names, ","))
+	if err == nil {
+		defer resp.Body.Close()
+		var body io.ReadCloser
+		if resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("the cache answered %q", resp.Status)
+		} else if body, _, err = narBody(resp); err == nil {
+			defer body.Close()
+			br = bufio.NewReaderSize(body, 64<<10)
+		}
+	}
+	for i, job := range jobs {
+		if err == nil {
+			err = readBatched(br, job, entries[i], s.spool)
+			continue
+		}
+		// The batch broke: this NAR and the rest fail, and Nix asks for
+		// them alone.
+		s.spool.write(entries[i], errReader{err})
+	}
+	if err != nil && s.ctx.Err() == nil {
+		s.opt.Logf("NARs %s…: %v", jobs[0].file, err)
+	}
+}
+
+// readBatched reads one NAR of a batch into its spool entry: its line, then
+// its bytes. An error leaves the stream unusable for the rest.
+func readBatched(br *bufio.Reader, job narJob, e *spooled, sp *spool) error {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		sp.write(e, errReader{err})
+		return err
+	}
+	name, size, _ := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
+	if name != job.file {
+		err = fmt.Errorf("the cache sent %q where %s belongs", name, job.file)
+	} else if size == "-" {
+		// The cache no longer has it; the batch goes on.
+		sp.write(e, errReader{errors.New("the cache no longer has it")})
+		return nil
+	} else if n, perr := strconv.ParseInt(size, 10, 64); perr != nil || n != job.size {
+		err = fmt.Errorf("the cache sent %q bytes of %s, its narinfo says %d", size, job.file, job.size)
+	}
+	if err != nil {
+		sp.write(e, errReader{err})
+		return err
+	}
+	counted := &countingReader{r: io.LimitReader(br, job.size)}
+	sp.write(e, counted)
+	if counted.n != job.size {
+		return fmt.Errorf("the batch ended within %s", job.file)
+	}
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // roomPoll is how often a prefetch waiting for room in the spool looks

@@ -59,6 +59,10 @@ type cacheFiles struct {
 }
 
 func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if names, ok := strings.CutPrefix(r.URL.Path, binarycache.NarsPrefix); ok {
+		f.serveNars(w, r, strings.Split(names, ","))
+		return
+	}
 	f.mu.Lock()
 	f.asked = append(f.asked, r.Method+" "+r.URL.RequestURI())
 	body, small := f.small[r.URL.Path]
@@ -91,6 +95,43 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	default:
 		http.NotFound(w, r)
+	}
+}
+
+// serveNars answers a batch as nixcache serve does (binarycache.NarsPrefix);
+// each NAR is recorded as asked for alone, so that counts mean NARs
+// fetched.
+func (f *cacheFiles) serveNars(w http.ResponseWriter, r *http.Request, names []string) {
+	f.mu.Lock()
+	sizes := make([]int64, len(names))
+	for i, name := range names {
+		f.asked = append(f.asked, r.Method+" /nar/"+name)
+		size, ok := f.nars["/nar/"+name]
+		if !ok {
+			size = -1
+		}
+		sizes[i] = size
+	}
+	encoding, inflate := f.encoding, f.inflate
+	f.mu.Unlock()
+	var out io.Writer = w
+	if encoding != "" {
+		w.Header().Set("Content-Encoding", encoding)
+	}
+	if encoding == "zstd" {
+		enc, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		defer enc.Close()
+		out = enc
+	} else {
+		inflate = 0
+	}
+	for i, name := range names {
+		if sizes[i] < 0 {
+			fmt.Fprintf(out, "%s -\n", name)
+			continue
+		}
+		fmt.Fprintf(out, "%s %d\n", name, sizes[i])
+		io.Copy(out, io.LimitReader(&pattern{}, sizes[i]+inflate))
 	}
 }
 

@@ -150,3 +150,27 @@ func TestClosureNarinfosInOneAnswer(t *testing.T) {
 	}
 	get(t, srv.URL+binarycache.ClosurePrefix+strings.Repeat("0", 32), http.StatusNotFound)
 }
+
+// Several NARs come in one answer, each as the NAR endpoint sends it, and
+// one the cache lacks is named as missing.
+func TestNarsInOneAnswer(t *testing.T) {
+	cl, err := env.Build(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(cacheHandler(t))
+	defer srv.Close()
+	var names, want []string
+	for _, p := range cl.Paths {
+		info := get(t, srv.URL+"/"+filepath.Base(p)[:32]+".narinfo", http.StatusOK)
+		name := strings.TrimPrefix(field(info, "URL"), "nar/")
+		names = append(names, name)
+		want = append(want, name+" "+field(info, "NarSize")+"\n"+get(t, srv.URL+"/nar/"+name, http.StatusOK))
+	}
+	missing := strings.Repeat("0", 32) + "-" + strings.Repeat("0", 52) + ".nar"
+	got := get(t, srv.URL+binarycache.NarsPrefix+strings.Join(append(names, missing), ","), http.StatusOK)
+	if w := strings.Join(want, "") + missing + " -\n"; got != w {
+		t.Errorf("the batch:\n%q\nwant:\n%q", got, w)
+	}
+	get(t, srv.URL+binarycache.NarsPrefix+strings.Repeat(names[0]+",", binarycache.MaxNarsBatch)+names[0], http.StatusNotFound)
+}
