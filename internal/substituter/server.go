@@ -79,7 +79,7 @@ type Server struct {
 	seen map[string]seenBy
 
 	narinfoQueue chan string
-	narQueue     chan narJob
+	narQueue     *narStack
 }
 
 type seenBy uint8
@@ -148,7 +148,7 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		calls:          map[string]*narinfoCall{},
 		seen:           map[string]seenBy{},
 		narinfoQueue:   make(chan string, prefetchQueue),
-		narQueue:       make(chan narJob, prefetchQueue),
+		narQueue:       newNarStack(prefetchQueue),
 	}
 	if opt.SpoolBytes > 0 {
 		dir, err := spoolDir(opt.SpoolDir)
@@ -586,10 +586,7 @@ func (s *Server) prefetch(f narinfoFacts) {
 	if s.spool == nil || f.narFile == "" || f.size <= 0 || f.size > s.opt.SpoolBytes {
 		return
 	}
-	select {
-	case s.narQueue <- narJob{f.narFile, f.size}:
-	default:
-	}
+	s.narQueue.push(narJob{f.narFile, f.size})
 }
 
 // prefetchNarinfos fetches queued narinfos into memory and queues their
@@ -617,26 +614,73 @@ func (s *Server) prefetchNarinfos() {
 	}
 }
 
-// prefetchNARs downloads queued NARs into the spool.
+// prefetchNARs downloads queued NARs into the spool, up to a batch at a
+// time (a NAR costs a round trip before its first byte, a batch one for
+// all).
 func (s *Server) prefetchNARs() {
 	for {
-		select {
-		case <-s.ctx.Done():
+		batch := s.narQueue.pop(s.ctx, binarycache.MaxNarsBatch)
+		if batch == nil {
 			return
-		case job := <-s.narQueue:
-			// What else is queued goes in the same request: a NAR costs a
-			// round trip before its first byte, a batch one for all.
-			batch := []narJob{job}
-		more:
-			for len(batch) < binarycache.MaxNarsBatch {
+		}
+		s.prefetchBatch(batch)
+	}
+}
+
+// narStack holds the NARs to prefetch, newest first. Nix asks for the
+// narinfos of a closure from its top down, and downloads its NARs from the
+// bottom up (a path is valid only after its references): the newest
+// request is the NAR Nix wants soonest. Full, it forgets the oldest.
+type narStack struct {
+	mu    sync.Mutex
+	jobs  []narJob
+	max   int
+	ready chan struct{}
+}
+
+func newNarStack(max int) *narStack { return &narStack{max: max, ready: make(chan struct{}, 1)} }
+
+func (q *narStack) push(j narJob) {
+	q.mu.Lock()
+	if len(q.jobs) == q.max {
+		q.jobs = append(q.jobs[:0], q.jobs[1:]...)
+	}
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop waits for jobs and takes up to n of the newest, newest first; nil
+// once ctx ends.
+func (q *narStack) pop(ctx context.Context, n int) []narJob {
+	for {
+		q.mu.Lock()
+		if k := len(q.jobs); k > 0 {
+			take := min(n, k)
+			batch := make([]narJob, take)
+			for i := range take {
+				batch[i] = q.jobs[k-1-i]
+			}
+			q.jobs = q.jobs[:k-take]
+			more := len(q.jobs) > 0
+			q.mu.Unlock()
+			if more {
+				// Wake another worker for the rest.
 				select {
-				case j := <-s.narQueue:
-					batch = append(batch, j)
+				case q.ready <- struct{}{}:
 				default:
-					break more
 				}
 			}
-			s.prefetchBatch(batch)
+			return batch
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-q.ready:
 		}
 	}
 }

@@ -213,7 +213,12 @@ func (p *Proxy) pump(dst, src net.Conn, d *direction) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			sent := d.send(n)
-			sleepUntil(sent)
+			// Back-pressure on the sender, but a little early: waking
+			// late for every chunk (a sleep overshoots by tens to hundreds
+			// of microseconds, more on a loaded machine) would leave the
+			// link idle each time, and cap one connection well under the
+			// bandwidth. The link's own clock (d.free) stays exact.
+			sleepUntil(sent.Add(-queueSlack))
 			queue <- chunk{buf[:n], sent.Add(p.delay)}
 		}
 		if err != nil {
@@ -226,6 +231,10 @@ func (p *Proxy) pump(dst, src net.Conn, d *direction) {
 	close(queue)
 	<-done
 }
+
+// queueSlack is how far ahead of the link a sender may be: the link's
+// queue, as a router's buffer holds a few milliseconds of traffic.
+const queueSlack = 5 * time.Millisecond
 
 func sleepUntil(t time.Time) {
 	if d := time.Until(t); d > 0 {
