@@ -751,12 +751,14 @@ func (s *Server) fetchBatch(jobs []narJob, entries []*spooled) {
 // readBatched reads one NAR of a batch into its spool entry: its line, then
 // its bytes. An error leaves the stream unusable for the rest.
 func readBatched(br *bufio.Reader, job narJob, e *spooled, sp *spool) error {
-	line, err := br.ReadString('\n')
+	// ReadSlice, not ReadString: a line longer than the buffer (a hostile
+	// cache's endless one) is an error, not memory.
+	raw, err := br.ReadSlice('\n')
 	if err != nil {
 		sp.write(e, errReader{err})
 		return err
 	}
-	name, size, _ := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
+	name, size, _ := strings.Cut(strings.TrimSuffix(string(raw), "\n"), " ")
 	if name != job.file {
 		err = fmt.Errorf("the cache sent %q where %s belongs", name, job.file)
 	} else if size == "-" {
