@@ -112,21 +112,28 @@ func (h *Handler) dropConn() {
 	}
 }
 
-func (h *Handler) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
+// found is the valid path whose hash part is hash; or nil, once it has
+// answered that there is none (or that the daemon failed).
+func (h *Handler) found(w http.ResponseWriter, r *http.Request, hash string) *daemon.PathInfo {
 	if !validHash(hash) {
 		http.NotFound(w, r)
-		return
+		return nil
 	}
 	info, err := h.lookup(r.Context(), hash)
 	if err != nil {
 		h.serverError(w, err)
-		return
+		return nil
 	}
 	if info == nil {
 		http.NotFound(w, r)
-		return
 	}
-	reply(w, r, "text/x-nix-narinfo", NarInfo(info))
+	return info
+}
+
+func (h *Handler) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
+	if info := h.found(w, r, hash); info != nil {
+		reply(w, r, "text/x-nix-narinfo", NarInfo(info))
+	}
 }
 
 func (h *Handler) nar(w http.ResponseWriter, r *http.Request, name string) {
@@ -216,17 +223,8 @@ const ClosurePrefix = "/nixcache-closure/"
 const maxClosure = 20000
 
 func (h *Handler) closure(w http.ResponseWriter, r *http.Request, hash string) {
-	if !validHash(hash) {
-		http.NotFound(w, r)
-		return
-	}
-	top, err := h.lookup(r.Context(), hash)
-	if err != nil {
-		h.serverError(w, err)
-		return
-	}
+	top := h.found(w, r, hash)
 	if top == nil {
-		http.NotFound(w, r)
 		return
 	}
 	// Breadth first, each level's infos asked for in one pipelined batch.

@@ -235,7 +235,7 @@ func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	if body == nil {
 		var err error
-		body, err = s.fetchSmall(r.Context(), request{kind: cacheInfo}.upstreamPath())
+		body, err = s.fetchSmall(r.Context(), request{kind: cacheInfo}.upstreamPath(), maxNarinfo)
 		if err == nil && body == nil {
 			err = errors.New("the cache has no nix-cache-info")
 		}
@@ -341,24 +341,9 @@ const maxClosureAnswer = 32 << 20
 // hash's own, or nil when the cache has no such path. Nix asks next for
 // the narinfos of the references it lacks: they are here already.
 func (s *Server) fetchClosure(ctx context.Context, hash string) ([]byte, error) {
-	resp, err := s.get(ctx, binarycache.ClosurePrefix+hash)
-	if err != nil {
+	all, err := s.fetchSmall(ctx, binarycache.ClosurePrefix+hash, maxClosureAnswer)
+	if all == nil || err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		return nil, nil
-	default:
-		return nil, fmt.Errorf("the cache answered %q", resp.Status)
-	}
-	all, err := io.ReadAll(io.LimitReader(resp.Body, maxClosureAnswer+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(all) > maxClosureAnswer {
-		return nil, fmt.Errorf("the cache sent more than %d bytes of narinfos", maxClosureAnswer)
 	}
 	var own []byte
 	// Each narinfo ends with a line break and is followed by a blank line.
@@ -379,9 +364,9 @@ func (s *Server) fetchClosure(ctx context.Context, hash string) ([]byte, error) 
 	return own, nil
 }
 
-// fetchSmall GETs a small file from the cache: its content, or nil for a
-// 404.
-func (s *Server) fetchSmall(ctx context.Context, path string) ([]byte, error) {
+// fetchSmall GETs a file of at most limit bytes from the cache: its
+// content, or nil for a 404.
+func (s *Server) fetchSmall(ctx context.Context, path string, limit int) ([]byte, error) {
 	resp, err := s.get(ctx, path)
 	if err != nil {
 		return nil, err
@@ -394,12 +379,12 @@ func (s *Server) fetchSmall(ctx context.Context, path string) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("the cache answered %q", resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNarinfo+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(body) > maxNarinfo {
-		return nil, fmt.Errorf("the cache sent more than %d bytes", maxNarinfo)
+	if len(body) > limit {
+		return nil, fmt.Errorf("the cache sent more than %d bytes for %s", limit, path)
 	}
 	return body, nil
 }
