@@ -136,20 +136,28 @@ func (h *Handler) narinfo(w http.ResponseWriter, r *http.Request, hash string) {
 	}
 }
 
-func (h *Handler) nar(w http.ResponseWriter, r *http.Request, name string) {
+// narPath is the path whose NAR is named name (as in NarURL): nil when the
+// path is gone or, after a delete and rebuild, is another NAR now (a name
+// from an older narinfo), and ok false when name is no NAR name at all.
+func (h *Handler) narPath(ctx context.Context, name string) (info *daemon.PathInfo, ok bool, err error) {
 	hash, narHash, err := parseNarName(name)
 	if err != nil {
-		http.NotFound(w, r)
-		return
+		return nil, false, nil
 	}
-	info, err := h.lookup(r.Context(), hash)
+	info, err = h.lookup(ctx, hash)
+	if info != nil && !bytes.Equal(info.NarHash, narHash) {
+		info = nil
+	}
+	return info, true, err
+}
+
+func (h *Handler) nar(w http.ResponseWriter, r *http.Request, name string) {
+	info, _, err := h.narPath(r.Context(), name)
 	if err != nil {
 		h.serverError(w, err)
 		return
 	}
-	// A NAR name from an older narinfo: the path is gone, or (after a
-	// delete and rebuild) is another NAR now.
-	if info == nil || !bytes.Equal(info.NarHash, narHash) {
+	if info == nil {
 		http.NotFound(w, r)
 		return
 	}
@@ -285,17 +293,16 @@ func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string) {
 	infos := make([]*daemon.PathInfo, len(names))
 	total := int64(0)
 	for i, name := range names {
-		hash, narHash, err := parseNarName(name)
-		if err != nil {
+		info, ok, err := h.narPath(r.Context(), name)
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}
-		info, err := h.lookup(r.Context(), hash)
 		if err != nil {
 			h.serverError(w, err)
 			return
 		}
-		if info != nil && bytes.Equal(info.NarHash, narHash) {
+		if info != nil {
 			infos[i] = info
 			total += int64(info.NarSize)
 		}
