@@ -121,13 +121,11 @@ func TestChannelJoinThenSubstitute(t *testing.T) {
 // indented line.
 func printedCommand(t *testing.T, stderr string) string {
 	t.Helper()
-	for _, line := range strings.Split(stderr, "\n") {
-		if strings.HasPrefix(line, "    ") && strings.Contains(line, " client substituter ") {
-			return strings.TrimSpace(line)
-		}
+	command := harness.SubstituterCommand(stderr)
+	if command == "" {
+		t.Fatalf("join printed no substituter command:\n%s", stderr)
 	}
-	t.Fatalf("join printed no substituter command:\n%s", stderr)
-	return ""
+	return command
 }
 
 type printedSubstituter struct {

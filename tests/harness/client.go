@@ -119,3 +119,15 @@ func (c *Client) Has(path string) bool {
 func (c *Client) SSH(args ...string) Result {
 	return Run(c.Environ(), "ssh", append([]string{"-F", c.SSHConfig(), HostAlias}, args...)...)
 }
+
+// SubstituterCommand is the command `nixcache client join --cache
+// nixcache://… --service-manager none` prints for the admin to keep running
+// (indented, on a line of its own in join's standard error), or "".
+func SubstituterCommand(joinStderr string) string {
+	for _, line := range strings.Split(joinStderr, "\n") {
+		if strings.HasPrefix(line, "    ") && strings.Contains(line, " client substituter ") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}

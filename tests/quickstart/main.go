@@ -199,12 +199,7 @@ func run(proto harness.Protocol, keep bool) error {
 // its own line) for the machine until stop is called, and waits until it
 // serves.
 func startSubstituter(joinStderr string, m *harness.Machine) (stop func(), err error) {
-	var command string
-	for _, line := range strings.Split(joinStderr, "\n") {
-		if strings.HasPrefix(line, "    ") && strings.Contains(line, " client substituter ") {
-			command = strings.TrimSpace(line)
-		}
-	}
+	command := harness.SubstituterCommand(joinStderr)
 	if command == "" {
 		return nil, fmt.Errorf("join printed no substituter command:\n%s", joinStderr)
 	}
