@@ -125,6 +125,7 @@ Defaults come from a TOML file: --config, else $NIXCACHE_CONFIG, else
 		Commands: []*cli.Command{
 			keygenCommand(ui), keyCommand(ui), signCommand(ui), verifyCommand(ui),
 			clientsCommand(ui), clientCommand(ui), serveCommand(ui),
+			publisherCommand(ui), pushCommand(ui), auditCommand(ui),
 		},
 		Writer:          ui.stdout,
 		ErrWriter:       ui.stderr,
