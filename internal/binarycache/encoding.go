@@ -1,6 +1,8 @@
 package binarycache
 
 import (
+	"bytes"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -110,3 +112,37 @@ type nopCloser struct{ w http.ResponseWriter }
 
 func (n nopCloser) Write(p []byte) (int, error) { return n.w.Write(p) }
 func (nopCloser) Close() error                  { return nil }
+
+// CompressBody is the adaptive encoding for a body sent the other way (an
+// upload): it reads the first sampleSize bytes of body, decides as
+// adaptiveWriter does, and returns the body to send and its
+// Content-Encoding ("zstd", or "" for as it is). The request's headers go
+// out before its body, so the decision is made up front. Reading the
+// returned reader reads body; an error of body reaches it. Close it (an
+// http.Request's transport does) to stop the compressor early.
+func CompressBody(body io.Reader) (io.ReadCloser, string, error) {
+	sample := make([]byte, sampleSize)
+	n, err := io.ReadFull(body, sample)
+	sample = sample[:n]
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		body, err = strings.NewReader(""), nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if len(sample) < minCompressed || float64(len(sampler.EncodeAll(sample, nil))) > maxRatio*float64(len(sample)) {
+		return io.NopCloser(io.MultiReader(bytes.NewReader(sample), body)), "", nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		enc, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		if err == nil {
+			_, err = io.Copy(enc, io.MultiReader(bytes.NewReader(sample), body))
+			if cerr := enc.Close(); err == nil {
+				err = cerr
+			}
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr, "zstd", nil
+}
