@@ -37,6 +37,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixcache/nixcache/tests/bench/benchkit"
 	"github.com/nixcache/nixcache/tests/bench/stats"
 	"github.com/nixcache/nixcache/tests/bench/substitute/linkproxy"
 	"github.com/nixcache/nixcache/tests/harness"
@@ -151,11 +152,11 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	secret, public, err := key(env, o.state, nixcache)
+	secret, public, err := benchkit.Key(env, o.state, nixcache)
 	if err != nil {
 		return err
 	}
-	cl, err := buildClosure(env, o.state, nixcache, secret, o.paths, o.mb, o.content)
+	cl, err := benchkit.BuildClosure(env, o.state, nixcache, secret, o.paths, o.mb, o.content)
 	if err != nil {
 		return err
 	}
@@ -182,7 +183,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer removeAll(work)
+	defer benchkit.RemoveAll(work)
 
 	servers := map[harness.Protocol]*harness.Server{}
 	proxies := map[harness.Protocol]*linkproxy.Proxy{}
@@ -210,7 +211,7 @@ func run(o options) error {
 	}
 	linkLimit := time.Duration(float64(cl.NarBytes)/bandwidth*float64(time.Second)) + o.rtt
 	fmt.Printf("%s; %s; %d CPUs; closure %d paths, %s MB NAR (%s); link %.0f Mbit/s, RTT %v; link limit %.2fs\n",
-		version, ssh, runtime.NumCPU(), cl.Paths, mbString(cl.NarBytes), o.content, o.mbit, o.rtt, linkLimit.Seconds())
+		version, ssh, runtime.NumCPU(), cl.Paths, benchkit.MB(cl.NarBytes), o.content, o.mbit, o.rtt, linkLimit.Seconds())
 	fmt.Printf("max-substitution-jobs on this Nix: %s\n", knowsSetting(env, "max-substitution-jobs"))
 
 	results := make([]result, len(all))
@@ -248,7 +249,7 @@ func run(o options) error {
 			res.up = append(res.up, bytesUp)
 			res.down = append(res.down, bytesDown)
 			res.conns = append(res.conns, conns)
-			fmt.Printf("%-12s run %d: %7.2fs  %s MB down, %s MB up, %d TCP connections\n", c.id, r+1, d.Seconds(), mbString(bytesDown), mbString(bytesUp), conns)
+			fmt.Printf("%-12s run %d: %7.2fs  %s MB down, %s MB up, %d TCP connections\n", c.id, r+1, d.Seconds(), benchkit.MB(bytesDown), benchkit.MB(bytesUp), conns)
 		}
 	}
 
@@ -274,12 +275,12 @@ func run(o options) error {
 		}
 		down := "loopback"
 		if !c.direct {
-			down = mbString(res.down[len(res.down)/2])
+			down = benchkit.MB(res.down[len(res.down)/2])
 		}
 		fmt.Printf("| %s | %d | %.2f s | %.2f–%.2f | %s | %.2f | %s | %d |\n", c.describe, len(res.times), m, lo, hi, speed, m/linkLimit.Seconds(), down, res.conns[0])
 	}
 	fmt.Printf("| link limit: %s MB ÷ %.0f Mbit/s + 1 RTT | — | %.2f s | — | %s | 1.00 | — | — |\n",
-		mbString(cl.NarBytes), o.mbit, linkLimit.Seconds(), ratio(seed, linkLimit.Seconds()))
+		benchkit.MB(cl.NarBytes), o.mbit, linkLimit.Seconds(), ratio(seed, linkLimit.Seconds()))
 	for i, c := range all {
 		if results[i].hung != "" {
 			fmt.Printf("\n%s: %s\n", c.id, results[i].hung)
@@ -294,7 +295,7 @@ func run(o options) error {
 		}
 	}
 	model := float64(2*cl.Paths)*o.rtt.Seconds() + float64(cl.NarBytes)/bandwidth
-	fmt.Printf("\nmodel, one connection: 2 round trips × %d paths × %v + %s MB ÷ %.0f Mbit/s = %.2f s", cl.Paths, o.rtt, mbString(cl.NarBytes), o.mbit, model)
+	fmt.Printf("\nmodel, one connection: 2 round trips × %d paths × %v + %s MB ÷ %.0f Mbit/s = %.2f s", cl.Paths, o.rtt, benchkit.MB(cl.NarBytes), o.mbit, model)
 	if floor > 0 {
 		fmt.Printf(", + %.2f s loopback floor = %.2f s", floor, model+floor)
 	}
@@ -313,12 +314,12 @@ func ratio(a, b float64) string {
 // removes the client afterwards. s is nil for the static cache, which has
 // no sshd; port is where the client reaches the cache (sshd, or the proxy
 // in front of sshd or of the file server).
-func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl closure, public, nixcache string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
+func substitute(env *harness.Env, work string, s *harness.Server, port int, px *linkproxy.Proxy, c config, cl benchkit.Closure, public, nixcache string, o options) (d time.Duration, up, down, conns int64, hung string, err error) {
 	dir, err := os.MkdirTemp(work, c.id+"-")
 	if err != nil {
 		return 0, 0, 0, 0, "", err
 	}
-	defer removeAll(dir)
+	defer benchkit.RemoveAll(dir)
 	var up0, down0, conns0 int64
 	marked := false
 	mark := func() {
@@ -349,12 +350,15 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 		// The substituter's SSH connection, made as it starts, crosses
 		// the link and is counted.
 		mark()
-		sub, err := startSubstituter(env, nixcache, client, s, port, o.timeout)
+		sub, err := benchkit.StartSubstituter(env, nixcache, benchkit.SubstituterOptions{
+			Dir: client.Dir, Cache: fmt.Sprintf("ssh://%s@127.0.0.1:%d", harness.CacheUser, port), Port: port,
+			Identity: client.Key, HostKey: s.HostKey, Timeout: o.timeout,
+		})
 		if err != nil {
 			return 0, 0, 0, 0, "", err
 		}
-		defer sub.stop()
-		url = sub.url
+		defer sub.Stop()
+		url = sub.URL
 	default:
 		// The client's ssh config names the proxy's port (or sshd's, direct).
 		target := *s
@@ -405,7 +409,7 @@ func substitute(env *harness.Env, work string, s *harness.Server, port int, px *
 	if c.mayHang {
 		hangAfter = o.hangAfter
 	}
-	out, d, hung, err := realise(clientEnv, o.timeout, hangAfter, "nix-store", "--store", client.Store, "--realise", cl.Top)
+	out, d, hung, err := benchkit.Timed(clientEnv, o.timeout, hangAfter, "nix-store", "--store", client.Store, "--realise", cl.Top)
 	if px != nil {
 		up1, down1 := px.Bytes()
 		up, down, conns = up1-up0, down1-down0, px.Connections()-conns0

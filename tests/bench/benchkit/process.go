@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"bytes"
@@ -17,8 +17,8 @@ import (
 	"github.com/nixcache/nixcache/tests/harness"
 )
 
-// runLong is harness.Run with a longer bound, for builds and signing.
-func runLong(env []string, timeout time.Duration, name string, args ...string) harness.Result {
+// RunLong is harness.Run with a longer bound, for builds and signing.
+func RunLong(env []string, timeout time.Duration, name string, args ...string) harness.Result {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
@@ -30,17 +30,18 @@ func runLong(env []string, timeout time.Duration, name string, args ...string) h
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if err != nil {
-		err = fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, tail(errb.String()))
+		err = fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, Tail(errb.String()))
 	}
 	return harness.Result{Stdout: out.String(), Stderr: errb.String(), Err: err}
 }
 
-// realise runs a substitution in a process group of its own and times it.
+// Timed runs a command (a substitution, an upload) in a process group of
+// its own and times it.
 // With hangAfter > 0, a run that has started no ssh process by then is
 // taken to be Nix's SSHMaster deadlock: the processes of the group and
 // where each sleeps in the kernel are reported, and the group is killed.
 // The group is always killed at the end, for any ssh master left behind.
-func realise(env []string, timeout, hangAfter time.Duration, name string, args ...string) (stdout string, d time.Duration, hung string, err error) {
+func Timed(env []string, timeout, hangAfter time.Duration, name string, args ...string) (stdout string, d time.Duration, hung string, err error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	var out, errb bytes.Buffer
@@ -62,7 +63,7 @@ func realise(env []string, timeout, hangAfter time.Duration, name string, args .
 		case err := <-exited:
 			d = time.Since(start)
 			if err != nil {
-				return out.String(), d, "", fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, tail(errb.String()))
+				return out.String(), d, "", fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, Tail(errb.String()))
 			}
 			return out.String(), d, "", nil
 		case <-tick.C:
@@ -78,7 +79,7 @@ func realise(env []string, timeout, hangAfter time.Duration, name string, args .
 				for _, p := range procs {
 					desc = append(desc, fmt.Sprintf("pid %d %s (parent %d) sleeping in %s", p.pid, p.comm, p.ppid, p.wchan))
 				}
-				hung = fmt.Sprintf("no ssh process started in %v; processes: %s; stderr: %q", hangAfter, strings.Join(desc, "; "), strings.TrimSpace(tail(errb.String())))
+				hung = fmt.Sprintf("no ssh process started in %v; processes: %s; stderr: %q", hangAfter, strings.Join(desc, "; "), strings.TrimSpace(Tail(errb.String())))
 				syscall.Kill(-pgid, syscall.SIGKILL)
 				<-exited
 				return out.String(), elapsed, hung, nil
@@ -86,7 +87,7 @@ func realise(env []string, timeout, hangAfter time.Duration, name string, args .
 			if elapsed > timeout {
 				syscall.Kill(-pgid, syscall.SIGKILL)
 				<-exited
-				return out.String(), elapsed, "", fmt.Errorf("%s timed out after %v (ssh seen: %v)\nstderr:\n%s", name, timeout, sawSSH, tail(errb.String()))
+				return out.String(), elapsed, "", fmt.Errorf("%s timed out after %v (ssh seen: %v)\nstderr:\n%s", name, timeout, sawSSH, Tail(errb.String()))
 			}
 		}
 	}
@@ -130,28 +131,9 @@ func group(pgid int) []proc {
 	return out
 }
 
-// knowsSetting reports whether this Nix knows a nix.conf setting (it warns
-// about unknown ones).
-func knowsSetting(env *harness.Env, name string) string {
-	dir, err := os.MkdirTemp("", "nixcache-bench-conf-")
-	if err != nil {
-		return "unknown (" + err.Error() + ")"
-	}
-	defer os.RemoveAll(dir)
-	os.WriteFile(filepath.Join(dir, "nix.conf"), []byte(name+" = 4\nexperimental-features = nix-command\n"), 0o644)
-	r := harness.Run([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.Home, "NIX_CONF_DIR=" + dir}, "nix", "show-config")
-	if strings.Contains(r.Stderr, "unknown setting '"+name+"'") {
-		return "unknown (nix warns: unknown setting '" + name + "'; it came in Nix 2.16)"
-	}
-	if r.Err != nil {
-		return "could not tell: " + r.Err.Error()
-	}
-	return "known"
-}
-
-// removeAll removes a client directory; a chroot store has read-only
+// RemoveAll removes a client directory; a chroot store has read-only
 // directories, so it makes everything writable first.
-func removeAll(dir string) {
+func RemoveAll(dir string) {
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			os.Chmod(p, 0o755)
@@ -159,11 +141,12 @@ func removeAll(dir string) {
 		return nil
 	})
 	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		fmt.Fprintln(os.Stderr, "substitute: cleaning up:", err)
+		fmt.Fprintln(os.Stderr, "bench: cleaning up:", err)
 	}
 }
 
-func tail(s string) string {
+// Tail is the last 20 lines of s.
+func Tail(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }

@@ -1,4 +1,8 @@
-package main
+// Package benchkit holds what the benchmark commands share: the closure
+// they move (built once into the machine's store, rooted and signed), the
+// bench's signing key, processes run in groups of their own and timed, and
+// a client's `nixcache client substituter`.
+package benchkit
 
 import (
 	"encoding/json"
@@ -108,62 +112,62 @@ func closureSpec(n, mb int) []pathSpec {
 	return spec
 }
 
-// closure is the benchmark's closure in the server store.
-type closure struct {
+// Closure is the benchmark's closure in the server store.
+type Closure struct {
 	Top      string
 	Paths    int
 	NarBytes int64
 }
 
-// buildClosure builds the closure (once: the same flags give the same
+// BuildClosure builds the closure (once: the same flags give the same
 // derivations, so a later run finds it valid), roots it under state and
 // signs it with the key.
-func buildClosure(env *harness.Env, state, nixcache, secretKey string, n, mb int, content string) (closure, error) {
+func BuildClosure(env *harness.Env, state, nixcache, secretKey string, n, mb int, content string) (Closure, error) {
 	spec, err := json.Marshal(closureSpec(n, mb))
 	if err != nil {
-		return closure{}, err
+		return Closure{}, err
 	}
 	expr := filepath.Join(state, "closure.nix")
 	if err := os.WriteFile(expr, []byte(closureExpr), 0o644); err != nil {
-		return closure{}, err
+		return Closure{}, err
 	}
 	tag := fmt.Sprintf("nixcache-bench-substitute-v1-%d-%d-%s", n, mb, content)
 	link := filepath.Join(state, "result-"+strings.TrimPrefix(tag, "nixcache-bench-substitute-"))
 	start := time.Now()
-	r := runLong(env.Environ(), 30*time.Minute, "nix-build", expr, "--quiet", "--out-link", link,
+	r := RunLong(env.Environ(), 30*time.Minute, "nix-build", expr, "--quiet", "--out-link", link,
 		"--max-jobs", "4", "--cores", "1",
 		"--argstr", "tag", tag, "--argstr", "spec", string(spec), "--argstr", "content", content)
 	if r.Err != nil {
-		return closure{}, r.Err
+		return Closure{}, r.Err
 	}
 	top := strings.TrimSpace(r.Stdout)
 	fmt.Fprintf(os.Stderr, "closure %s ready in %.1fs (rooted by %s)\n", top, time.Since(start).Seconds(), link)
 	r = harness.Run(env.Environ(), "nix", "path-info", "--json", "--recursive", top)
 	if r.Err != nil {
-		return closure{}, r.Err
+		return Closure{}, r.Err
 	}
 	var infos []struct {
 		Path    string `json:"path"`
 		NarSize int64  `json:"narSize"`
 	}
 	if err := json.Unmarshal([]byte(r.Stdout), &infos); err != nil {
-		return closure{}, fmt.Errorf("nix path-info --json: %v", err)
+		return Closure{}, fmt.Errorf("nix path-info --json: %v", err)
 	}
-	c := closure{Top: top, Paths: len(infos)}
+	c := Closure{Top: top, Paths: len(infos)}
 	for _, i := range infos {
 		c.NarBytes += i.NarSize
 	}
-	r = runLong(env.Environ(), 10*time.Minute, nixcache, "sign", "--secret-key-file", secretKey, "--recursive", top)
+	r = RunLong(env.Environ(), 10*time.Minute, nixcache, "sign", "--secret-key-file", secretKey, "--recursive", top)
 	if r.Err != nil {
-		return closure{}, r.Err
+		return Closure{}, r.Err
 	}
 	fmt.Fprintf(os.Stderr, "nixcache sign: %s\n", strings.TrimSpace(r.Stdout+r.Stderr))
 	return c, nil
 }
 
-// key makes the bench's signing key under state once and returns the
+// Key makes the bench's signing key under state once and returns the
 // secret key file and the public key.
-func key(env *harness.Env, state, nixcache string) (secret, public string, err error) {
+func Key(env *harness.Env, state, nixcache string) (secret, public string, err error) {
 	secret = filepath.Join(state, "secret-key")
 	if _, err := os.Stat(secret); os.IsNotExist(err) {
 		if r := harness.Run(env.Environ(), nixcache, "keygen", "--name", "nixcache-bench-substitute-1", "--secret-key-file", secret); r.Err != nil {
@@ -177,4 +181,5 @@ func key(env *harness.Env, state, nixcache string) (secret, public string, err e
 	return secret, strings.TrimSpace(r.Stdout), nil
 }
 
-func mbString(b int64) string { return strconv.FormatFloat(float64(b)/1e6, 'f', 1, 64) }
+// MB formats a byte count in MB (10^6 bytes), one decimal.
+func MB(b int64) string { return strconv.FormatFloat(float64(b)/1e6, 'f', 1, 64) }
