@@ -14,24 +14,28 @@ import (
 func clientsCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:  "clients",
-		Usage: "manage the clients registry: which SSH keys may read the cache",
+		Usage: "manage the clients registry: which SSH keys may read the cache, and push to it",
 		Description: `The clients registry is one TOML file, the server's single source of truth
-for who may read the cache: one table per client, holding its SSH public key
-and a comment. 'add' and 'remove' edit it (under a lock, atomically, and
-never on error); 'authorized-keys' turns it into sshd's authorized_keys file
-for the cache account, which is what actually grants or revokes access.
+for who may read the cache: one table per client, holding its SSH public key,
+its role and a comment. A role is pull (the default: read the cache) or push
+(also upload paths, which the cache signs and publishes). 'add', 'remove' and
+'set-role' edit it (under a lock, atomically, and never on error);
+'authorized-keys' turns it into sshd's authorized_keys file for the cache
+account, which is what actually grants or revokes access.
 
 The registry is --registry FILE (before or after the subcommand), else
 registry-file in the config file, else ` + registry.DefaultPath + `.
 
 EXAMPLES:
    nixcache clients add build-01 --key "$(cat build-01.pub)" --comment "CI runner"
+   nixcache clients set-role build-01 push
    nixcache clients list
    nixcache clients authorized-keys --output /etc/ssh/authorized_keys.d/nix-ssh
    nixcache clients remove build-01`,
 		Flags: []cli.Flag{registryFlag(), configFlag()},
 		Subcommands: []*cli.Command{
-			clientsAddCommand(ui), clientsRemoveCommand(ui), clientsListCommand(ui), clientsAuthorizedKeysCommand(ui),
+			clientsAddCommand(ui), clientsRemoveCommand(ui), clientsSetRoleCommand(ui), clientsListCommand(ui),
+			clientsAuthorizedKeysCommand(ui),
 		},
 		HideHelpCommand: true,
 		OnUsageError:    usageError,
@@ -71,20 +75,28 @@ func clientsAddCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "add",
 		Usage:     "register a client's SSH public key",
-		UsageText: "nixcache clients add NAME --key KEY [--comment TEXT] [--registry FILE]",
+		UsageText: "nixcache clients add NAME --key KEY [--role pull|push] [--comment TEXT] [--registry FILE]",
 		Description: `Registers the machine NAME with its SSH public key KEY, the content of its
 ".pub" file ("ssh-ed25519 AAAA... root@build-01"). NAME is 1 to 63 letters,
 digits, '.', '_' or '-', starting with a letter or digit. The key's own
 comment (root@build-01) becomes the client's comment unless --comment is
 given. A name is registered once, and a key under one name only.
 
+--role pull (the default) lets the client read the cache; --role push also
+lets it upload paths ('nixcache push', or 'nix copy' through its
+substituter), which the cache signs with its own key and publishes. Uploads
+go through the dispatcher only: render authorized-keys with
+--protocol nixcache.
+
 The registry (and its directory) is created by the first add.
 
 EXAMPLES:
    nixcache clients add build-01 --key "$(cat build-01.pub)"
+   nixcache clients add ci-builder --key "$(cat ci.pub)" --role push
    nixcache clients add laptop.alice --key "ssh-ed25519 AAAA..." --comment "Alice's laptop"`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "key", Usage: "the client's SSH public key, `KEY` (\"ssh-ed25519 AAAA... [COMMENT]\")"},
+			&cli.StringFlag{Name: "role", Value: string(registry.Pull), Usage: "the client's `ROLE`: pull (read the cache) or push (also upload to it)"},
 			&cli.StringFlag{Name: "comment", Usage: "a note on the client, `TEXT` (default: the key's own comment)"},
 			registryFlag(),
 		},
@@ -95,6 +107,10 @@ EXAMPLES:
 				return err
 			}
 			if err := registry.ValidateName(name); err != nil {
+				return errUsage{err}
+			}
+			role, err := registry.ParseRole(c.String("role"))
+			if err != nil {
 				return errUsage{err}
 			}
 			if !c.IsSet("key") {
@@ -118,7 +134,7 @@ EXAMPLES:
 			} else if registry.ValidateComment(comment) != nil {
 				comment = "" // the key's comment is only a default
 			}
-			err = editRegistry(c, true, func(r *registry.Registry) error { return r.Add(name, key, comment) })
+			err = editRegistry(c, true, func(r *registry.Registry) error { return r.Add(name, key, comment, role) })
 			switch {
 			case errors.Is(err, registry.ErrExists):
 				return withHint(err, fmt.Sprintf("to change its key, run 'nixcache clients remove %s' and add it again", name))
@@ -127,8 +143,11 @@ EXAMPLES:
 			case err != nil:
 				return loadError(err)
 			}
-			fmt.Fprintf(ui.stdout, "added client %s (%s)\n", name, describeKey(registry.Client{Key: key}))
+			fmt.Fprintf(ui.stdout, "added client %s with role %s (%s)\n", name, role, describeKey(registry.Client{Key: key}))
 			ui.hint(regenerateHint)
+			if role == registry.Push {
+				ui.hint(pushHint)
+			}
 			return nil
 		},
 	}
@@ -165,19 +184,90 @@ EXAMPLES:
 	}
 }
 
+// pushHint says where a push role takes effect: only the dispatcher
+// uploads.
+const pushHint = "a push client uploads through the dispatcher only: generate authorized_keys with --protocol nixcache"
+
+func clientsSetRoleCommand(ui *ui) *cli.Command {
+	return &cli.Command{
+		Name:      "set-role",
+		Usage:     "change a client's role: pull, or push (which implies pull)",
+		UsageText: "nixcache clients set-role NAME pull|push [--registry FILE]",
+		Description: `Gives the client NAME the role pull (read the cache) or push (also upload
+paths to it, which the cache signs and publishes). The registry is written
+as version 2 while any client is push, so that a nixcache from before roles
+refuses it rather than drop the roles; without push clients it is version 1,
+as before. Setting the role a client already has changes nothing.
+
+A promotion takes effect once authorized_keys is generated again, since
+'nixcache serve' takes the role on a key's line as a ceiling; a demotion is
+seen wherever the registry is read (the publisher reads it for every
+upload), and the file should be generated again all the same.
+
+EXAMPLES:
+   nixcache clients set-role ci-builder push
+   nixcache clients set-role ci-builder pull && nixcache clients authorized-keys --protocol nixcache --output /etc/ssh/authorized_keys.d/nix-ssh`,
+		Flags:        []cli.Flag{registryFlag()},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			args := c.Args().Slice()
+			switch len(args) {
+			case 0:
+				return errUsage{errors.New("no client name given")}
+			case 1:
+				return errUsage{errors.New("no role given: use pull or push")}
+			case 2:
+			default:
+				return errUsage{fmt.Errorf("set-role takes a client name and a role, got %d arguments", len(args))}
+			}
+			name := args[0]
+			role, err := registry.ParseRole(args[1])
+			if err != nil {
+				return errUsage{err}
+			}
+			// Setting the role a client has writes nothing: a registry
+			// kept by hand stays as it was.
+			errUnchanged := errors.New("unchanged")
+			err = editRegistry(c, false, func(r *registry.Registry) error {
+				for _, cl := range r.Clients() {
+					if cl.Name == name && cl.Role == role {
+						return errUnchanged
+					}
+				}
+				return r.SetRole(name, role)
+			})
+			switch {
+			case errors.Is(err, errUnchanged):
+				fmt.Fprintf(ui.stdout, "client %s already has role %s\n", name, role)
+				return nil
+			case errors.Is(err, registry.ErrNotFound):
+				return withHint(err, "'nixcache clients list' shows the registered clients")
+			case err != nil:
+				return loadError(err)
+			}
+			fmt.Fprintf(ui.stdout, "client %s now has role %s\n", name, role)
+			ui.hint(regenerateHint)
+			if role == registry.Push {
+				ui.hint(pushHint)
+			}
+			return nil
+		},
+	}
+}
+
 func clientsListCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "list",
 		Usage:     "list the registered clients",
 		UsageText: "nixcache clients list [--registry FILE] [--json]",
-		Description: `Prints the clients sorted by name: name, key type, the key's SHA256
-fingerprint (as 'ssh-keygen -l' and sshd's log show it) and comment.
---json prints a list of objects with name, type, fingerprint, key and
-comment.
+		Description: `Prints the clients sorted by name: name, role (pull or push), key type,
+the key's SHA256 fingerprint (as 'ssh-keygen -l' and sshd's log show it)
+and comment. --json prints a list of objects with name, role, type,
+fingerprint, key and comment.
 
 EXAMPLES:
    nixcache clients list
-   nixcache clients list --json | jq -r '.[].name'`,
+   nixcache clients list --json | jq -r '.[] | select(.role == "push") | .name'`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			registryFlag(),
@@ -199,6 +289,7 @@ EXAMPLES:
 			if c.Bool("json") {
 				type client struct {
 					Name        string `json:"name"`
+					Role        string `json:"role"`
 					Type        string `json:"type"`
 					Fingerprint string `json:"fingerprint"`
 					Key         string `json:"key"`
@@ -206,7 +297,7 @@ EXAMPLES:
 				}
 				list := []client{}
 				for _, cl := range clients {
-					list = append(list, client{cl.Name, cl.Key.Type(), cl.Fingerprint(), cl.KeyText(), cl.Comment})
+					list = append(list, client{cl.Name, string(cl.Role), cl.Key.Type(), cl.Fingerprint(), cl.KeyText(), cl.Comment})
 				}
 				return ui.json(list)
 			}
@@ -214,9 +305,9 @@ EXAMPLES:
 				ui.notef("no clients registered in %q", path)
 				return nil
 			}
-			rows := [][]string{{"NAME", "TYPE", "FINGERPRINT", "COMMENT"}}
+			rows := [][]string{{"NAME", "ROLE", "TYPE", "FINGERPRINT", "COMMENT"}}
 			for _, cl := range clients {
-				rows = append(rows, []string{cl.Name, cl.Key.Type(), cl.Fingerprint(), cl.Comment})
+				rows = append(rows, []string{cl.Name, string(cl.Role), cl.Key.Type(), cl.Fingerprint(), cl.Comment})
 			}
 			ui.table(rows)
 			return nil
@@ -244,7 +335,11 @@ on the server, add content-addressed or validly signed paths, add GC roots
 and run the garbage collector. Choose it only for clients trusted that far.
 --protocol nixcache forces 'nixcache serve --client NAME', the dispatcher:
 the channel of 'nixcache client substituter', and the read-only
-'nix-store --serve' for ssh:// clients (see 'nixcache serve --help').
+'nix-store --serve' for ssh:// clients (see 'nixcache serve --help'). A push
+client's line adds --role push, the most the dispatcher grants that key
+(it also checks the registry); pull lines carry no role. Only the
+dispatcher takes uploads: with ssh or ssh-ng a push client's line is the
+same as a pull client's.
 --serve-command replaces the program (found through PATH by default), for
 instance with a store path on NixOS; nixcache never adds --write. The file
 goes to standard output, or replaces --output FILE atomically (mode 0644).

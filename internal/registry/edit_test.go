@@ -23,7 +23,7 @@ func TestEditWritesThroughASymlink(t *testing.T) {
 	target := filepath.Join(repo, "clients.toml")
 	link := filepath.Join(dir, "clients.toml")
 	k, _ := newKey(t, "")
-	if err := Edit(target, true, func(r *Registry) error { return r.Add("build-01", mustParseKey(t, k), "") }); err != nil {
+	if err := Edit(target, true, func(r *Registry) error { return r.Add("build-01", mustParseKey(t, k), "", Pull) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink("repo/clients.toml", link); err != nil {
@@ -51,7 +51,7 @@ func TestEditRefusesADanglingSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	k, _ := newKey(t, "")
-	err := Edit(link, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "") })
+	err := Edit(link, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "", Pull) })
 	if err == nil || !strings.Contains(err.Error(), "symlink to a missing file") {
 		t.Fatalf("Edit through a dangling link: %v", err)
 	}
@@ -72,7 +72,7 @@ func TestLockFileIsPrivateAndNeverFollowed(t *testing.T) {
 	if err := os.WriteFile(path+".lock", nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "") }); err != nil {
+	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "", Pull) }); err != nil {
 		t.Fatal(err)
 	}
 	lock := filepath.Join(dir, ".clients.toml.lock")

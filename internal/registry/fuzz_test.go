@@ -32,6 +32,11 @@ func addSeeds(f *testing.F) {
 		"version = 1\nclients = { a = { key = \"" + k1 + "\" } }\n",
 		"version = 1\n[clients.a]\nkey = \"" + k1 + "\"\n[clients.b]\nkey = \"" + k1 + "\"\n",
 		"version = 2\n[clients.a]\nroles = [\"pull\"]\n",
+		Header + "\nversion = 2\n\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"push\"\ncomment = \"x\"\n\n[clients.b]\nkey = \"" + k2 + "\"\n",
+		"version = 2\nclients.a = { key = \"" + k1 + "\", role = 'pull' }\nclients.b.role = \"push\"\nclients.b.key = \"" + k2 + "\"\n",
+		"version = 1\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"push\"\n",
+		"version = 2\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"admin\"\n",
+		"version = 3\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"push\"\n",
 		"version = 1\nx = {a={a={a={a=1}}}}\n",
 		"version = 1\n[[clients]]\n",
 		"",
@@ -73,11 +78,22 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("the rendering of an accepted registry does not parse: %v\n%s", err, out)
 		}
+		// Version 2 exactly when a client is push, so a nixcache from
+		// before roles refuses what it could not keep.
+		push := slices.ContainsFunc(r.Clients(), func(c Client) bool { return c.Role == Push })
+		if v2 := bytes.Contains(out, []byte("\nversion = 2\n")); v2 != push {
+			t.Fatalf("a push client: %v, but version 2: %v:\n%s", push, v2, out)
+		}
+		for _, c := range r.Clients() {
+			if c.Role != Pull && c.Role != Push {
+				t.Fatalf("client %q has role %q", c.Name, c.Role)
+			}
+		}
 		if again := back.Marshal(); !bytes.Equal(again, out) {
 			t.Fatalf("rendering is not stable:\n%s\nthen:\n%s", out, again)
 		}
 		if !slices.EqualFunc(r.Clients(), back.Clients(), func(a, b Client) bool {
-			return a.Name == b.Name && a.Comment == b.Comment && bytes.Equal(a.Key.Marshal(), b.Key.Marshal())
+			return a.Name == b.Name && a.Comment == b.Comment && a.Role == b.Role && bytes.Equal(a.Key.Marshal(), b.Key.Marshal())
 		}) {
 			t.Fatalf("parse, render, parse changed the clients: %v, then %v", r.Clients(), back.Clients())
 		}
@@ -86,7 +102,7 @@ func FuzzParse(f *testing.F) {
 
 // For every registry that parses, each client is exactly one authorized_keys
 // line: the fixed options, the client's key, its name as comment, and
-// nothing else.
+// nothing else; for the dispatcher, its name and, if push, its role.
 func FuzzAuthorizedKeys(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -94,7 +110,7 @@ func FuzzAuthorizedKeys(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, p := range []Protocol{SSH, SSHNG} {
+		for _, p := range []Protocol{SSH, SSHNG, Nixcache} {
 			for _, program := range []string{"", "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.18.1/bin/nix"} {
 				checkAuthorizedKeys(t, r, p, program)
 			}
@@ -128,9 +144,16 @@ func checkAuthorizedKeys(t *testing.T, r *Registry, p Protocol, program string) 
 	if len(lines) != len(clients) {
 		t.Fatalf("%d lines for %d clients:\n%s", len(lines), len(clients), body)
 	}
-	options := `restrict,command="` + cmd + `" `
 	for i, line := range lines {
 		c := clients[i]
+		command := cmd
+		if p == Nixcache {
+			command += " --client " + c.Name
+			if c.Role == Push {
+				command += " --role push"
+			}
+		}
+		options := `restrict,command="` + command + `" `
 		rest, ok := strings.CutPrefix(line, options)
 		if !ok || rest != c.KeyText()+" nixcache:"+c.Name+"\n" {
 			t.Fatalf("line for %q is\n%q\nwant %q then its key and name", c.Name, line, options)
@@ -139,7 +162,7 @@ func checkAuthorizedKeys(t *testing.T, r *Registry, p Protocol, program string) 
 		if err != nil || len(more) != 0 {
 			t.Fatalf("sshd would not read %q as one line: %v", line, err)
 		}
-		if !slices.Equal(opts, []string{"restrict", `command="` + cmd + `"`}) || comment != "nixcache:"+c.Name ||
+		if !slices.Equal(opts, []string{"restrict", `command="` + command + `"`}) || comment != "nixcache:"+c.Name ||
 			!bytes.Equal(key.Marshal(), c.Key.Marshal()) {
 			t.Fatalf("line %q reads as options %q, comment %q, another key", line, opts, comment)
 		}

@@ -43,7 +43,7 @@ func TestUnprivilegedUserCannotBlockEdits(t *testing.T) {
 				}
 			}
 			k, _ := newKey(t, "")
-			if err := Edit(path, true, func(r *Registry) error { return r.Add("build-01", mustParseKey(t, k), "") }); err != nil {
+			if err := Edit(path, true, func(r *Registry) error { return r.Add("build-01", mustParseKey(t, k), "", Pull) }); err != nil {
 				t.Fatal(err)
 			}
 			for _, lock := range []string{path + ".lock", filepath.Join(dir, ".clients.toml.lock")} {

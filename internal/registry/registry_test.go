@@ -48,7 +48,7 @@ func mustParseKey(t *testing.T, text string) ssh.PublicKey {
 
 func mustAdd(t *testing.T, r *Registry, name, keyText, comment string) {
 	t.Helper()
-	if err := r.Add(name, mustParseKey(t, keyText), comment); err != nil {
+	if err := r.Add(name, mustParseKey(t, keyText), comment, Pull); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -102,7 +102,7 @@ func TestAddThenRemoveRestoresBytes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "clients.toml")
 	for _, name := range []string{"m", "a", "z"} {
 		k, _ := newKey(t, "")
-		if err := Edit(path, true, func(r *Registry) error { return r.Add(name, mustParseKey(t, k), "note "+name) }); err != nil {
+		if err := Edit(path, true, func(r *Registry) error { return r.Add(name, mustParseKey(t, k), "note "+name, Pull) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,7 +110,7 @@ func TestAddThenRemoveRestoresBytes(t *testing.T) {
 	// Names before, between and after the existing ones.
 	for _, name := range []string{"0", "c", "zz"} {
 		k, _ := newKey(t, "")
-		if err := Edit(path, false, func(r *Registry) error { return r.Add(name, mustParseKey(t, k), "") }); err != nil {
+		if err := Edit(path, false, func(r *Registry) error { return r.Add(name, mustParseKey(t, k), "", Pull) }); err != nil {
 			t.Fatal(err)
 		}
 		if bytes.Equal(readFile(t, path), before) {
@@ -129,12 +129,12 @@ func TestDuplicates(t *testing.T) {
 	k, _ := newKey(t, "root@one")
 	r := &Registry{}
 	mustAdd(t, r, "one", k, "")
-	if err := r.Add("one", mustParseKey(t, mustNewKeyText(t)), ""); !errors.Is(err, ErrExists) {
+	if err := r.Add("one", mustParseKey(t, mustNewKeyText(t)), "", Pull); !errors.Is(err, ErrExists) {
 		t.Errorf("same name again: %v, want ErrExists", err)
 	}
 	// The same key with another comment is the same key.
 	other := strings.Replace(k, "root@one", "someone@else", 1)
-	err := r.Add("two", mustParseKey(t, other), "")
+	err := r.Add("two", mustParseKey(t, other), "", Pull)
 	if !errors.Is(err, ErrDuplicateKey) || !strings.Contains(err.Error(), `"one"`) {
 		t.Errorf("same key under another name: %v, want ErrDuplicateKey naming \"one\"", err)
 	}
@@ -225,18 +225,33 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 	k2, _ := newKey(t, "")
 	for _, tc := range []struct{ name, text, want string }{
 		{"unknown client field", "version = 1\n\n[clients.a]\nkey = \"" + k1 + "\"\nkye = \"x\"\n",
-			`line 5: unknown field "kye" in client "a" (known: key, comment)`},
+			`line 5: unknown field "kye" in client "a" (known: key, role, comment)`},
 		{"unknown top-level setting", "# c\nversion = 1\nowner = \"me\"\n", `line 3: unknown setting "owner"`},
 		{"unknown table", "version = 1\n\n[servers.x]\nhost = \"h\"\n", `line 3: unknown setting "servers"`},
 		{"dotted unknown field", "version = 1\n[clients]\na.key = \"" + k1 + "\"\na.extra = 1\n",
 			`line 4: unknown field "extra" in client "a"`},
-		// Roles come with version 2; in a version 1 file they are a typo
-		// or a file from a newer nixcache mislabelled.
-		{"future field in version 1", "version = 1\n[clients.a]\nkey = \"" + k1 + "\"\nroles = [\"pull\"]\n",
-			`line 4: unknown field "roles" in client "a"`},
-		{"newer version", "# x\nversion = 2\n", "line 2: registry version 2 is newer than this nixcache understands (1): upgrade nixcache"},
-		{"newer version with its fields", "# x\nversion = 2\n[clients.a]\nkey = \"" + k1 + "\"\nroles = [\"pull\"]\n",
-			"line 2: registry version 2 is newer than this nixcache understands (1): upgrade nixcache"},
+		// Roles come with version 2; in a version 1 file a role is a hand
+		// edit that forgot the version.
+		{"role in version 1", "version = 1\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"push\"\n",
+			`line 4: client "a": role needs version = 2; line 1 says version = 1`},
+		{"pull role in version 1", "clients.a.key = \"" + k1 + "\"\nclients.a.role = \"pull\"\nversion = 1\n",
+			`line 2: client "a": role needs version = 2; line 3 says version = 1`},
+		{"unknown role", "version = 2\n\n[clients.a]\nkey = \"" + k1 + "\"\nrole = \"admin\"\n",
+			`line 5: client "a": unknown role "admin": use pull or push`},
+		{"empty role", "version = 2\n[clients.a]\nrole = \"\"\nkey = \"" + k1 + "\"\n",
+			`line 3: client "a": unknown role "": use pull or push`},
+		{"roles as a list", "version = 2\n[clients.a]\nkey = \"" + k1 + "\"\nrole = [\"pull\"]\n",
+			`line 4: "clients.a.role" is a list`},
+		{"role as a table", "version = 2\n[clients.a]\nkey = \"" + k1 + "\"\nrole = { push = 1 }\n",
+			`line 4: "clients.a.role" is a string, not a table`},
+		{"role not a string", "version = 2\n[clients.a]\nkey = \"" + k1 + "\"\nrole = 1\n",
+			`line 4 (last key "clients.a.role"): incompatible types`},
+		{"roles, plural", "version = 2\n[clients.a]\nkey = \"" + k1 + "\"\nroles = \"push\"\n",
+			`line 4: unknown field "roles" in client "a" (known: key, role, comment)`},
+		{"newer version", "# x\nversion = 3\n", "line 2: registry version 3 is newer than this nixcache understands (2): upgrade nixcache"},
+		{"newer version with its fields", "# x\nversion = 3\n[clients.a]\nkey = \"" + k1 + "\"\nscopes = [\"pull\"]\n",
+			"line 2: registry version 3 is newer than this nixcache understands (2): upgrade nixcache"},
+		{"version 0", "version = 0\n", "line 1: unknown registry version 0 (want 1 to 2)"},
 		{"list", "version = 1\n[clients.a]\nkey = [\"" + k1 + "\"]\n", `line 3: "clients.a.key" is a list`},
 		{"array of tables", "version = 1\n[[clients]]\n", "line 2: arrays of tables"},
 		{"too deep", "version = 1\n[clients.a]\nkey.x = 1\n", "line 3: keys nest at most three deep"},
@@ -289,7 +304,7 @@ func TestEditLeavesFileUntouchedOnError(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "clients.toml")
 	k, _ := newKey(t, "")
-	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "") }); err != nil {
+	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "", Pull) }); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
@@ -298,11 +313,11 @@ func TestEditLeavesFileUntouchedOnError(t *testing.T) {
 		change func(*Registry) error
 		want   error
 	}{
-		{"same name", func(r *Registry) error { return r.Add("a", mustParseKey(t, mustNewKeyText(t)), "") }, ErrExists},
-		{"same key", func(r *Registry) error { return r.Add("b", mustParseKey(t, k), "") }, ErrDuplicateKey},
+		{"same name", func(r *Registry) error { return r.Add("a", mustParseKey(t, mustNewKeyText(t)), "", Pull) }, ErrExists},
+		{"same key", func(r *Registry) error { return r.Add("b", mustParseKey(t, k), "", Pull) }, ErrDuplicateKey},
 		{"unknown name", func(r *Registry) error { return r.Remove("nope") }, ErrNotFound},
 		{"change after a good add", func(r *Registry) error {
-			if err := r.Add("c", mustParseKey(t, mustNewKeyText(t)), ""); err != nil {
+			if err := r.Add("c", mustParseKey(t, mustNewKeyText(t)), "", Pull); err != nil {
 				return err
 			}
 			return r.Remove("nope")
@@ -354,7 +369,7 @@ func TestEditCreatesOnlyWhenAsked(t *testing.T) {
 		t.Fatalf("Load of a missing registry: %v", err)
 	}
 	k, _ := newKey(t, "")
-	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "") }); err != nil {
+	if err := Edit(path, true, func(r *Registry) error { return r.Add("a", mustParseKey(t, k), "", Pull) }); err != nil {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(path)
@@ -378,7 +393,7 @@ func TestConcurrentEditsAreSerialised(t *testing.T) {
 	errs := make(chan error, n)
 	for i := range n {
 		wg.Go(func() {
-			errs <- Edit(path, true, func(r *Registry) error { return r.Add(fmt.Sprintf("c%02d", i), keys[i], "") })
+			errs <- Edit(path, true, func(r *Registry) error { return r.Add(fmt.Sprintf("c%02d", i), keys[i], "", Pull) })
 		})
 	}
 	wg.Wait()

@@ -9,8 +9,8 @@ import (
 
 // scan reads the registry's text before the TOML decoder does and refuses,
 // at the line it is on, anything outside the registry's shape: settings
-// other than version and clients, fields other than a client's key and
-// comment, lists, tables of tables deeper than clients.NAME.FIELD. A
+// other than version and clients, fields other than a client's key, role
+// and comment, lists, tables of tables deeper than clients.NAME.FIELD. A
 // registry may come from a pull request; a TOML decoder given deeply nested
 // values or long dotted keys spends time and memory quadratic in their size
 // (gigabytes for 40 KB), while this pass is linear and keeps nothing but the
@@ -23,7 +23,7 @@ func scan(text string) (*shape, error) {
 	if err := s.file(); err != nil {
 		// A registry from a newer nixcache is outside this version's
 		// shape: saying so helps more than naming the first new field.
-		if v, verr := strconv.Atoi(s.versionText); verr == nil && v != Version {
+		if v, verr := strconv.Atoi(s.versionText); verr == nil && !supportedVersion(v) {
 			return nil, versionError(s.version, v)
 		}
 		return nil, fmt.Errorf("line %d: %w", s.line, err)
@@ -39,7 +39,7 @@ type shape struct {
 }
 
 type clientLines struct {
-	table, key, comment int // the first line defining the client, its key, its comment
+	table, key, comment, role int // the first line defining the client, its key, its comment, its role
 }
 
 type scanner struct {
@@ -155,11 +155,11 @@ func (s *scanner) define(path []string, kind byte) error {
 	case path[0] != "clients":
 		return fmt.Errorf("unknown setting %q (known: version, clients)", path[0])
 	case len(path) == 1 && !table:
-		return errors.New(`"clients" is a table: each client is a table [clients.NAME] with key and comment`)
+		return errors.New(`"clients" is a table: each client is a table [clients.NAME] with key, role and comment`)
 	case len(path) == 2 && !table, len(path) > 3:
-		return fmt.Errorf("unexpected %q: each client is a table [clients.NAME] with key and comment", strings.Join(path, "."))
-	case len(path) == 3 && path[2] != "key" && path[2] != "comment":
-		return fmt.Errorf("unknown field %q in client %q (known: key, comment)", path[2], path[1])
+		return fmt.Errorf("unexpected %q: each client is a table [clients.NAME] with key, role and comment", strings.Join(path, "."))
+	case len(path) == 3 && path[2] != "key" && path[2] != "comment" && path[2] != "role":
+		return fmt.Errorf("unknown field %q in client %q (known: key, role, comment)", path[2], path[1])
 	case len(path) == 3 && table:
 		return fmt.Errorf("%q is a string, not a table", strings.Join(path, "."))
 	}
@@ -172,10 +172,15 @@ func (s *scanner) define(path []string, kind byte) error {
 			c = &clientLines{table: s.line}
 			s.clients[path[1]] = c
 		}
-		if len(path) == 3 && path[2] == "key" {
-			c.key = s.line
-		} else if len(path) == 3 {
-			c.comment = s.line
+		if len(path) == 3 {
+			switch path[2] {
+			case "key":
+				c.key = s.line
+			case "comment":
+				c.comment = s.line
+			case "role":
+				c.role = s.line
+			}
 		}
 	}
 	return nil
