@@ -12,6 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/nixcache/nixcache/internal/audit"
 
 	"github.com/nixcache/nixcache/internal/daemon"
 )
@@ -25,9 +28,23 @@ type Handler struct {
 	Dial func(context.Context) (*daemon.Conn, error)
 	// Logf reports what the client is not told (the daemon's errors).
 	Logf func(format string, args ...any)
+	// Published, when set, is all that is served (published mode); other
+	// valid paths are answered as absent.
+	Published *Published
+	// Uploads takes uploads; nil refuses them. MayUpload, when set, is
+	// asked before each: the client's role now.
+	Uploads   Uploader
+	MayUpload func() bool
+	// Audit, when set, is given one record per request (per NAR of a
+	// batch), with what the handler knows: the operation, the path, the
+	// bytes, the status and the duration.
+	Audit func(audit.Record)
 
 	mu   sync.Mutex
 	conn *daemon.Conn
+	// rec is the current request's audit record (requests come one at a
+	// time, under mu).
+	rec *audit.Record
 }
 
 // Close closes the daemon connection.
@@ -43,28 +60,116 @@ func (h *Handler) Close() error {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	start := time.Now()
+	cw := &countingWriter{ResponseWriter: w}
+	rec := &audit.Record{}
+	h.rec = rec
+	defer func() {
+		h.rec = nil
+		if h.Audit == nil || rec.Op == "" {
+			return
+		}
+		if rec.Bytes == 0 {
+			rec.Bytes = cw.n
+		}
+		rec.Status = cw.status()
+		rec.Duration = float64(time.Since(start).Microseconds()) / 1000
+		h.Audit(*rec)
+	}()
+	w = cw
+	p := r.URL.Path
+	switch {
+	case r.Method == http.MethodPut && strings.HasPrefix(p, UploadPrefix) && strings.Count(p, "/") == 2:
+		h.upload(w, r, p[len(UploadPrefix):], rec)
+		return
+	case r.Method == http.MethodPost && p == MissingPath:
+		h.missing(w, r, rec)
+		return
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		rec.Op, rec.Request = audit.OpRefused, "other"
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	p := r.URL.Path
 	switch {
 	case p == "/nix-cache-info":
 		reply(w, r, "text/x-nix-cache-info", CacheInfo)
 	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
+		rec.Op = audit.OpNarinfo
 		h.narinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
 	case strings.HasPrefix(p, "/nar/") && strings.Count(p, "/") == 2:
+		rec.Op = audit.OpNar
 		h.nar(w, r, p[len("/nar/"):])
 	case strings.HasPrefix(p, ClosurePrefix) && strings.Count(p, "/") == 2:
+		rec.Op = audit.OpNarinfo
 		h.closure(w, r, p[len(ClosurePrefix):])
 	case strings.HasPrefix(p, NarsPrefix) && strings.Count(p, "/") == 2:
-		h.nars(w, r, strings.Split(p[len(NarsPrefix):], ","))
+		// One record per NAR, written by nars.
+		h.nars(w, r, strings.Split(p[len(NarsPrefix):], ","), start)
 	default:
+		rec.Op, rec.Request = audit.OpRefused, "other"
 		http.NotFound(w, r)
 	}
+}
+
+// countingWriter counts the body bytes of a response and keeps its status.
+type countingWriter struct {
+	http.ResponseWriter
+	n    int64
+	code int
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.code == 0 {
+		c.code = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.code == 0 {
+		c.code = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) status() int {
+	if c.code == 0 {
+		return http.StatusOK
+	}
+	return c.code
+}
+
+// ensureConn connects to the daemon if there is no connection.
+func (h *Handler) ensureConn(ctx context.Context) error {
+	if h.conn != nil {
+		return nil
+	}
+	// The connection outlives this request: the daemon client closes it
+	// when its context ends.
+	c, err := h.Dial(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
+	}
+	h.conn = c
+	return nil
+}
+
+// visible says whether a valid path may be served: in published mode,
+// whether it is published.
+func (h *Handler) visible(path string) (bool, error) {
+	if h.Published == nil {
+		return true, nil
+	}
+	ok, err := h.Published.Contains(h.conn, path)
+	if err != nil {
+		h.dropConn()
+	}
+	return ok, err
 }
 
 func reply(w http.ResponseWriter, r *http.Request, contentType, body string) {
@@ -75,16 +180,11 @@ func reply(w http.ResponseWriter, r *http.Request, contentType, body string) {
 	}
 }
 
-// lookup finds the valid path with hash part hash, or nil.
+// lookup finds the valid path with hash part hash that this client may be
+// served, or nil.
 func (h *Handler) lookup(ctx context.Context, hash string) (*daemon.PathInfo, error) {
-	if h.conn == nil {
-		// The connection outlives this request: the daemon client closes it
-		// when its context ends.
-		c, err := h.Dial(context.WithoutCancel(ctx))
-		if err != nil {
-			return nil, err
-		}
-		h.conn = c
+	if err := h.ensureConn(ctx); err != nil {
+		return nil, err
 	}
 	path, err := h.conn.QueryPathFromHashPart(hash)
 	if err == nil && path == "" {
@@ -101,6 +201,16 @@ func (h *Handler) lookup(ctx context.Context, hash string) (*daemon.PathInfo, er
 	if err != nil {
 		h.dropConn()
 		return nil, err
+	}
+	if ok, err := h.visible(info.Path); err != nil || !ok {
+		if err == nil && h.rec != nil {
+			// Absent to the client; the log says what was hidden.
+			h.rec.Request, h.rec.Op, h.rec.Path = h.rec.Op, audit.OpRefused, info.Path
+		}
+		return nil, err
+	}
+	if h.rec != nil && h.rec.Path == "" {
+		h.rec.Path = info.Path
 	}
 	return info, nil
 }
@@ -285,15 +395,21 @@ const NarsPrefix = "/nixcache-nars/"
 // MaxNarsBatch bounds the NARs of one batch (and so its URL).
 const MaxNarsBatch = 32
 
-func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string) {
+func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string, start time.Time) {
+	batch := h.rec
 	if len(names) == 0 || len(names) > MaxNarsBatch {
+		batch.Op, batch.Request = audit.OpRefused, audit.OpNar
 		http.NotFound(w, r)
 		return
 	}
 	infos := make([]*daemon.PathInfo, len(names))
+	recs := make([]audit.Record, len(names))
 	total := int64(0)
 	for i, name := range names {
+		recs[i] = audit.Record{Op: audit.OpNar, Status: http.StatusNotFound}
+		h.rec = &recs[i]
 		info, ok, err := h.narPath(r.Context(), name)
+		h.rec = batch
 		if !ok {
 			http.NotFound(w, r)
 			return
@@ -305,9 +421,20 @@ func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string) {
 		if info != nil {
 			infos[i] = info
 			total += int64(info.NarSize)
+			recs[i].Status, recs[i].Bytes = http.StatusOK, int64(info.NarSize)
 		}
 		total += int64(len(narsHeader(name, infos[i])))
 	}
+	// Each NAR is a request of its own to the log; the batch is none.
+	logged := 0
+	defer func() {
+		for _, rec := range recs[:logged] {
+			rec.Duration = float64(time.Since(start).Microseconds()) / 1000
+			if h.Audit != nil {
+				h.Audit(rec)
+			}
+		}
+	}()
 	w.Header().Set("Content-Type", "application/x-nixcache-nars")
 	w.Header().Add("Vary", "Accept-Encoding")
 	if r.Method == http.MethodHead || !acceptsZstd(r) {
@@ -332,10 +459,13 @@ func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string) {
 			}
 		}
 		if err != nil {
+			recs[i].Status = http.StatusInternalServerError
+			logged = i + 1
 			h.dropConn()
 			panic(http.ErrAbortHandler)
 		}
 	}
+	logged = len(recs)
 	if finish != nil && finish() != nil {
 		panic(http.ErrAbortHandler)
 	}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nixcache/nixcache/internal/audit"
+)
+
+// publisherClient is serve's side of the publisher's Unix socket
+// (docs/uploads.md): it hands uploads over and writes the audit log there.
+type publisherClient struct {
+	http    *http.Client
+	client  string // the registry's name for this login
+	keyHash string // its SSH key's fingerprint
+}
+
+func newPublisherClient(socket, client, keyHash string) *publisherClient {
+	return &publisherClient{
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+			MaxIdleConnsPerHost: 2,
+		}},
+		client:  client,
+		keyHash: keyHash,
+	}
+}
+
+// Upload relays an upload and the publisher's answer.
+func (p *publisherClient) Upload(ctx context.Context, hash string, body io.Reader) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://publisher/upload/"+hash, body)
+	if err != nil {
+		return http.StatusInternalServerError, "the cache failed"
+	}
+	req.Header.Set("Nixcache-Client", p.client)
+	req.Header.Set("Nixcache-Key", p.keyHash)
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return http.StatusServiceUnavailable, "the cache cannot take uploads now (its publisher is not running)"
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	return resp.StatusCode, strings.TrimSpace(string(msg))
+}
+
+// Audit writes one record.
+func (p *publisherClient) Audit(rec audit.Record) error {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://publisher/audit", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("the audit log (the publisher's socket): %w", err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("the publisher refused an audit record: %s", resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,175 @@
+package binarycache
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nixcache/nixcache/internal/daemon"
+)
+
+// Published is what a cache in published mode serves: the closures of the
+// store paths that the symlinks under Roots point to (GC roots, as
+// `nix-store --add-root` and the publisher make them). Anything else is
+// answered as absent.
+//
+// The set is computed through the daemon and computed again when a
+// directory under Roots changed (its mtime: a root added or removed) or it
+// is older than maxAge (a root that is a link to a profile whose target
+// changed changes no directory).
+type Published struct {
+	Roots string
+
+	mu       sync.Mutex
+	paths    map[string]bool
+	stamps   string
+	computed time.Time
+}
+
+// maxAge bounds how long a published set is trusted without a look at the
+// roots.
+const maxAge = 10 * time.Second
+
+// Limits of the walk under Roots: a roots directory is a handful of
+// directories (one per pushing client) and their links.
+const (
+	maxRootDepth = 4
+	maxRoots     = 1 << 20
+)
+
+// Contains says whether path is published. c is the daemon connection to
+// compute the set with, when it must be.
+func (p *Published) Contains(c *daemon.Conn, path string) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	stamps, err := p.dirStamps()
+	if err != nil {
+		return false, err
+	}
+	if p.paths == nil || stamps != p.stamps || time.Since(p.computed) > maxAge {
+		paths, err := p.compute(c)
+		if err != nil {
+			return false, err
+		}
+		p.paths, p.stamps, p.computed = paths, stamps, time.Now()
+	}
+	return p.paths[path], nil
+}
+
+// dirStamps is every directory under Roots with its mtime: what changes
+// when a root is added or removed.
+func (p *Published) dirStamps() (string, error) {
+	var b strings.Builder
+	err := p.walk(func(dir string, fi fs.FileInfo) {
+		fmt.Fprintf(&b, "%s %d\n", dir, fi.ModTime().UnixNano())
+	}, nil)
+	return b.String(), err
+}
+
+// walk visits the directories (not through symlinks) and the symlinks
+// under Roots.
+func (p *Published) walk(dir func(string, fs.FileInfo), link func(string)) error {
+	n := 0
+	var visit func(string, int) error
+	visit = func(d string, depth int) error {
+		fi, err := os.Lstat(d)
+		if err != nil {
+			return err
+		}
+		if dir != nil {
+			dir(d, fi)
+		}
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if n++; n > maxRoots {
+				return fmt.Errorf("more than %d entries under the roots directory %q", maxRoots, p.Roots)
+			}
+			full := filepath.Join(d, e.Name())
+			switch {
+			case e.Type()&fs.ModeSymlink != 0:
+				if link != nil {
+					link(full)
+				}
+			case e.IsDir() && depth < maxRootDepth:
+				if err := visit(full, depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err := visit(p.Roots, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		// No roots: nothing is published.
+		return nil
+	}
+	return err
+}
+
+// compute is the closure of what the roots point to.
+func (p *Published) compute(c *daemon.Conn) (map[string]bool, error) {
+	var tops []string
+	seen := map[string]bool{}
+	err := p.walk(nil, func(link string) {
+		target, err := filepath.EvalSymlinks(link)
+		if err != nil {
+			return // dangling: roots nothing
+		}
+		if top := storePathOf(target); top != "" && !seen[top] {
+			seen[top] = true
+			tops = append(tops, top)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	closure := map[string]bool{}
+	level := tops
+	for len(level) > 0 {
+		var next []string
+		err := c.QueryPathInfos(level, func(_ int, info *daemon.PathInfo, err error) error {
+			if err != nil {
+				// Not valid (a root to a path being collected, or to
+				// something never valid): not published.
+				if errors.Is(err, daemon.ErrNotValid) {
+					return nil
+				}
+				return err
+			}
+			closure[info.Path] = true
+			for _, ref := range info.References {
+				if !seen[ref] {
+					seen[ref] = true
+					next = append(next, ref)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		level = next
+	}
+	return closure, nil
+}
+
+// storePathOf is the store path that file is or is inside of, or "".
+func storePathOf(file string) string {
+	rest, ok := strings.CutPrefix(file, StoreDir+"/")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, "/")
+	if len(name) <= hashLen+1 || !validHash(name[:hashLen]) || name[hashLen] != '-' {
+		return ""
+	}
+	return StoreDir + "/" + name
+}
