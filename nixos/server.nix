@@ -1,5 +1,6 @@
 # services.nixcache.server: serve this machine's Nix store over SSH to the
-# registered clients, read-only, and sign everything it holds.
+# registered clients, sign everything it holds, and import what push
+# clients upload (docs/uploads.md).
 {
   config,
   lib,
@@ -40,18 +41,58 @@ let
   # (the substituter keeps one open), whose ForceCommand is the old one.
   registryPath = "/etc/nixcache/clients.toml";
 
+  # The publisher: the one process that holds the cache key besides the
+  # daemon and the signer, imports uploads and writes the audit log. serve
+  # (the cache account) reaches it through this socket, which systemd holds.
+  publisherSocket = "/run/nixcache/publisher.sock";
+  publisherUser = "nixcache-publisher";
+  # Where the publisher roots what push clients upload, one directory per
+  # client; the only place it may write.
+  pushedDir = "${cfg.gcRootsDir}/pushed";
+  auditLogProblems =
+    let
+      f = cfg.auditLog;
+    in
+    if f == null then
+      [ ]
+    # Also a word for systemd's command lines: no spaces, quotes or %.
+    else if builtins.match "/[A-Za-z0-9._/+-]*[^/]" f == null then
+      [
+        "services.nixcache.server.auditLog = \"${f}\" must be the absolute path of a file, in letters, digits and . _ / + -"
+      ]
+    else if lib.hasPrefix "${builtins.storeDir}/" f then
+      [ "services.nixcache.server.auditLog = \"${f}\" is inside the Nix store, which is read-only: use e.g. \"/var/log/nixcache/audit.log\"" ]
+    # The publisher sees a private /tmp and /dev.
+    else if
+      lib.any (d: lib.hasPrefix d f) [
+        "/tmp/"
+        "/var/tmp/"
+        "/dev/shm/"
+      ]
+    then
+      [ "services.nixcache.server.auditLog = \"${f}\" is in a temporary directory, which the publisher sees a private copy of: use e.g. \"/var/log/nixcache/audit.log\"" ]
+    else
+      [ ];
+
+  pushClients = lib.filterAttrs (_: c: (c.role or "pull") == "push") clients.clients;
+
   # The dispatcher: it finds the registered client whose key logged in, and
   # refuses any other, then serves what the client asked for.
   # nixcache-binary-cache and nix-store --serve (without --write) answer
-  # queries and send NARs and nothing else. nix-daemon --stdio (only with
-  # --allow-ssh-ng) serves a full, if untrusted, daemon connection: build
-  # derivations, add content-addressed or validly signed paths, add GC
-  # roots, collect garbage.
+  # queries and send NARs and nothing else; uploads on the channel go to
+  # the publisher, which takes them from push clients alone. nix-daemon
+  # --stdio (only with --allow-ssh-ng) serves a full, if untrusted, daemon
+  # connection: build derivations, add content-addressed or validly signed
+  # paths, add GC roots, collect garbage. In published mode it serves only
+  # the channel, and only the closures of the roots.
   serveCommand = lib.concatStringsSep " " (
     [
       "${lib.getExe cfg.package} serve --registry ${registryPath}"
       "--nix-store ${config.nix.package}/bin/nix-store"
       "--nix-daemon ${config.nix.package}/bin/nix-daemon"
+      "--publisher ${publisherSocket}"
+      "--publish-mode ${cfg.publishMode}"
+      "--roots ${cfg.gcRootsDir}"
     ]
     ++ lib.optional (cfg.protocol == "ssh-ng") "--allow-ssh-ng"
   );
@@ -208,6 +249,30 @@ in
               default = "";
               description = "A note for admins; not used for anything.";
             };
+            role = lib.mkOption {
+              type = lib.types.enum [
+                "pull"
+                "push"
+              ];
+              default = "pull";
+              example = "push";
+              description = ''
+                What the client's key may do. `pull`: query and download
+                what the cache serves. `push` also uploads store paths
+                through the client's substituter (`nixcache push`, or `nix
+                copy --to http://127.0.0.1:PORT`; the client needs
+                `services.nixcache.client.protocol = "nixcache"`): the
+                cache checks each NAR against its narinfo, imports it
+                through its Nix daemon only if every reference is already
+                here, never replaces a valid path, signs it with the cache
+                key and publishes it under `gcRootsDir`/pushed/NAME, up to
+                `maxNarSize` a path. A push key still cannot run commands,
+                build, delete, collect garbage or add roots anywhere else.
+                A stolen push key can publish paths of its choosing, signed
+                by the cache, to every client: give it only to machines you
+                would let build what your clients run.
+              '';
+            };
           };
         }
       );
@@ -290,6 +355,55 @@ in
       '';
     };
 
+    publishMode = lib.mkOption {
+      type = lib.types.enum [
+        "all"
+        "published"
+      ];
+      default = "all";
+      example = "published";
+      description = ''
+        What the cache serves. `all`: every valid path in this machine's
+        store, to every client. `published`: only the closures of the
+        store paths that the links under `gcRootsDir` (recursively, the
+        pushed paths under `gcRootsDir`/pushed included) point to;
+        anything else is "not found" to every client. `nix-store --serve`
+        and `nix-daemon --stdio` cannot be restricted that way, so in
+        published mode only the binary-cache channel is served: clients
+        need `services.nixcache.client.protocol = "nixcache"`, `protocol =
+        "ssh-ng"` is refused, and so is `nix.sshServe`.
+      '';
+    };
+
+    maxNarSize = lib.mkOption {
+      type = lib.types.strMatching "[0-9]+[KMGT]?";
+      default = "4G";
+      example = "512M";
+      description = ''
+        The largest NAR a push client may upload, in bytes or with a K, M,
+        G or T suffix (powers of 1024). Checked against the narinfo before
+        the NAR is read, and again while it streams.
+      '';
+    };
+
+    auditLog = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/var/log/nixcache/audit.log";
+      description = ''
+        Where the audit log goes: one JSON line per request (client,
+        key fingerprint, role, operation, store path, bytes, status,
+        duration; never key material), written by
+        `nixcache-publisher.service`. `null`: its standard output, the
+        journal (`journalctl -u nixcache-publisher -o cat | nixcache audit
+        -`). A path: that file, appended to, mode 0640, owned by the
+        publisher's user (`nixcache audit FILE`). Rotate it with
+        `copytruncate`, which keeps the publisher's file open and its
+        appends at the end. If the publisher cannot write a record, the
+        request is refused: what is not logged is not served.
+      '';
+    };
+
     signInterval = lib.mkOption {
       type = lib.types.str;
       default = "5min";
@@ -323,6 +437,16 @@ in
         assertion = !(config.nix.sshServe.enable or false);
         message = "services.nixcache.server replaces nix.sshServe (both configure the ${cfg.user} account and its forced command): set nix.sshServe.enable = false.";
       }
+      # nix-store --serve and nix-daemon --stdio answer for the whole store:
+      # published mode could hide nothing from them.
+      {
+        assertion = !(cfg.publishMode == "published" && cfg.protocol == "ssh-ng");
+        message = "services.nixcache.server.publishMode = \"published\" with protocol = \"ssh-ng\": nix-daemon --stdio serves every client the whole store (and builds, imports and roots), which published mode cannot restrict. Set protocol = \"ssh\" (published mode serves only the binary-cache channel: clients need services.nixcache.client.protocol = \"nixcache\"), or publishMode = \"all\".";
+      }
+      {
+        assertion = !(cfg.publishMode == "published" && (config.nix.sshServe.enable or false));
+        message = "services.nixcache.server.publishMode = \"published\" with nix.sshServe.enable: nix.sshServe gives its keys nix-store --serve on the whole store, which published mode cannot restrict. Set nix.sshServe.enable = false.";
+      }
       {
         assertion = untrustedMaySign;
         message = "services.nixcache.server signs as an unprivileged user, which Nix allows from 2.17 on; nix.package is Nix ${config.nix.package.version or "(unknown)"}: use Nix 2.17 or later, or Lix.";
@@ -335,11 +459,16 @@ in
       keyFileProblems "services.nixcache.server.secretKeyFile" cfg.secretKeyFile
       ++ lib.concatMap (keyFileProblems "services.nixcache.server.extraSecretKeyFiles") cfg.extraSecretKeyFiles
       ++ clients.problems
+      ++ auditLogProblems
     );
 
-    warnings = lib.optional (cfg.protocol == "ssh-ng") ''
-      services.nixcache.server.protocol = "ssh-ng" serves every client key through nix-daemon --stdio as an untrusted user: clients can build on this machine, import paths, add GC roots and collect garbage. Use "ssh" for a read-only cache.
-    '';
+    warnings =
+      lib.optional (cfg.protocol == "ssh-ng") ''
+        services.nixcache.server.protocol = "ssh-ng" serves every client key through nix-daemon --stdio as an untrusted user: clients can build on this machine, import paths, add GC roots and collect garbage. Use "ssh" for a read-only cache.
+      ''
+      ++ lib.optional (cfg.protocol == "ssh-ng" && pushClients != { }) ''
+        services.nixcache.server.clients ${lib.concatStringsSep ", " (lib.attrNames pushClients)} have role "push", but protocol = "ssh-ng" already lets every client key, pull keys included, write to this machine through nix-daemon --stdio (content-addressed and validly signed paths, GC roots, builds): the role limits the binary-cache channel's uploads alone. Use protocol = "ssh" to make pull keys read-only.
+      '';
 
     environment.systemPackages = [ cfg.package ];
 
@@ -480,12 +609,111 @@ in
       };
     };
 
+    # Uploads from push clients, and the audit log. serve (the cache
+    # account) reaches the publisher through this socket alone; the
+    # publisher checks again that the peer is that account or root.
+    systemd.sockets.nixcache-publisher = {
+      description = "The nixcache publisher's socket, for the cache account's serve";
+      documentation = [ "https://github.com/nixcache/nixcache/blob/main/docs/uploads.md" ];
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ publisherSocket ];
+      socketConfig = {
+        SocketUser = "root";
+        SocketGroup = config.users.users.${cfg.user}.group;
+        SocketMode = "0660";
+        RemoveOnStop = true;
+      };
+    };
+    # Started by the first connection. It holds the cache key (as a
+    # credential, like the signer), checks each upload, signs it and
+    # imports it through the daemon as an untrusted user: the daemon takes
+    # an input-addressed path from such a user only with a signature by a
+    # key it trusts, and it trusts the public half of every
+    # secret-key-files key, so neither serve nor the publisher is a trusted
+    # Nix user. A static user, so that the roots it makes keep an owner.
+    systemd.services.nixcache-publisher = {
+      description = "Import, sign and publish what nixcache push clients upload, and write the audit log";
+      documentation = [ "https://github.com/nixcache/nixcache/blob/main/docs/uploads.md" ];
+      # Not without the keys checked: a key others could read is refused
+      # there, and nothing signs with it.
+      requires = [
+        "nixcache-publisher.socket"
+        "nixcache-keygen.service"
+        "nix-daemon.socket"
+      ];
+      after = [
+        "nixcache-publisher.socket"
+        "nixcache-keygen.service"
+        "nix-daemon.socket"
+      ];
+      serviceConfig = {
+        ExecStart = lib.concatStringsSep " " (
+          [
+            "${lib.getExe cfg.package} publisher"
+            "--listen ${publisherSocket}"
+            "--registry ${registryPath}"
+            "--secret-key-file %d/key"
+            "--roots ${cfg.gcRootsDir}"
+            "--max-nar-size ${cfg.maxNarSize}"
+            "--allow-user ${cfg.user}"
+          ]
+          ++ lib.optional (cfg.auditLog != null) "--audit-log ${cfg.auditLog}"
+        );
+        # The audit log file is made and handed to the publisher's user
+        # from outside the confinement, as the key unit makes a key's
+        # directory: the confined process may write that file and nothing
+        # else of its directory.
+        ExecStartPre = lib.optionals (cfg.auditLog != null) [
+          "+${pkgs.coreutils}/bin/mkdir -p -- ${dirOf cfg.auditLog}"
+          "+${pkgs.coreutils}/bin/touch -- ${cfg.auditLog}"
+          "+${pkgs.coreutils}/bin/chown ${publisherUser}:${publisherUser} -- ${cfg.auditLog}"
+          "+${pkgs.coreutils}/bin/chmod 0640 -- ${cfg.auditLog}"
+        ];
+        # The key: root reads it, the service sees a private copy.
+        LoadCredential = [ "key:${lib.head secretKeyFiles}" ];
+
+        # Identity: an unprivileged, untrusted daemon user of its own.
+        User = publisherUser;
+        Group = publisherUser;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        # Filesystem: reads the registry, writes the pushed roots (and the
+        # audit log file) alone.
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ReadWritePaths = [ pushedDir ] ++ lib.optional (cfg.auditLog != null) cfg.auditLog;
+        # Not 0077: serve, as the cache account, reads the per-client root
+        # directories in published mode.
+        UMask = "0022";
+        # Network: none; its socket comes from systemd, the daemon's is a
+        # Unix socket.
+        PrivateNetwork = true;
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+      }
+      // common.isolation;
+    };
+
+    users.users.${publisherUser} = {
+      description = "nixcache publisher: imports, signs and roots pushed paths";
+      isSystemUser = true;
+      group = publisherUser;
+    };
+    users.groups.${publisherUser} = { };
+
     # What the cache serves must be alive to Nix's garbage collector: a path
-    # pushed here is kept by a root in this directory (see the README).
-    systemd.tmpfiles.rules = [ "d ${cfg.gcRootsDir} 0755 root root -" ];
+    # pushed here is kept by a root in this directory (see the README); the
+    # publisher roots uploads under pushed/CLIENT.
+    systemd.tmpfiles.rules = [
+      "d ${cfg.gcRootsDir} 0755 root root -"
+      "d ${pushedDir} 0755 ${publisherUser} ${publisherUser} -"
+    ];
 
     users.users.${cfg.user} = {
-      description = "nixcache clients (read-only)";
+      description = "nixcache clients";
       isSystemUser = true;
       group = cfg.user;
       # The forced command runs through the login shell.

@@ -4,6 +4,7 @@
   evalModules,
   evalConfig,
   expect,
+  failedAssertions,
   fakePackage,
   ...
 }:
@@ -16,9 +17,15 @@ let
   nix = "/nix/store/00000000000000000000000000000000-nix-2.34.6";
   # Every protocol goes through the dispatcher; ssh-ng also lets clients
   # run nix-daemon --stdio.
-  dispatcher = "/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache serve --registry /etc/nixcache/clients.toml --nix-store ${nix}/bin/nix-store --nix-daemon ${nix}/bin/nix-daemon";
+  nixcache = "/nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache";
+  # Every request is relayed to (and audited by) the publisher.
+  dispatcherIn =
+    mode: "${nixcache} serve --registry /etc/nixcache/clients.toml --nix-store ${nix}/bin/nix-store --nix-daemon ${nix}/bin/nix-daemon --publisher /run/nixcache/publisher.sock --publish-mode ${mode} --roots /nix/var/nix/gcroots/nixcache";
+  dispatcher = dispatcherIn "all";
   dispatcherNg = "${dispatcher} --allow-ssh-ng";
   line = command: key: name: "restrict,command=\"${command} --client ${name}\" ${key} nixcache:${name}";
+  # A push client's line says so to serve as well.
+  pushLine = command: key: name: "restrict,command=\"${command} --client ${name} --role push\" ${key} nixcache:${name}";
   matchBlock = config: lib.last (lib.splitString "Match User nix-ssh\n" config.services.openssh.extraConfig);
   registryText = config: config.environment.etc."nixcache/clients.toml".source.text;
   # The module's first lines instead of the CLI's one.
@@ -449,6 +456,243 @@ in
         }
       ])
       [ "set nix.sshServe.enable = false" ];
+
+  # Roles, uploads, published mode and the audit log (docs/uploads.md).
+
+  "server: an existing configuration keeps its meaning: every client pulls, the whole store is served" =
+    let
+      publisher = minimal.systemd.services.nixcache-publisher.serviceConfig;
+    in
+    expect.accepted minimal
+    ++ expect.eq "publishMode" minimal.services.nixcache.server.publishMode "all"
+    ++ expect.eq "role" minimal.services.nixcache.server.clients.laptop.role "pull"
+    ++ expect.eq "no --role in authorized_keys" minimal.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (line dispatcher clientKeyBare "laptop")
+    ]
+    ++ expect.true "no role in the dispatcher's registry, which stays version 1" (
+      !lib.hasInfix "role" (registryText minimal) && lib.hasInfix "\nversion = 1\n" (registryText minimal)
+    )
+    ++ expect.true "ForceCommand serves everything" (
+      lib.hasInfix "\n  ForceCommand ${dispatcher}\n" (matchBlock minimal)
+    )
+    ++ expect.true "uploads up to 4G, audit to the journal" (
+      lib.hasInfix " --max-nar-size 4G " publisher.ExecStart && !lib.hasInfix "--audit-log" publisher.ExecStart
+    )
+    ++ expect.eq "no warnings" minimal.warnings [ ];
+
+  "server: a push client's authorized_keys line and registry entry say push" =
+    let
+      config = server {
+        clients.laptop.key = clientKey;
+        clients.ci = {
+          key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T";
+          role = "push";
+        };
+      };
+    in
+    expect.accepted config
+    ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (pushLine dispatcher "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T" "ci")
+      (line dispatcher clientKeyBare "laptop")
+    ]
+    ++ expect.true "the registry says push for ci alone" (
+      lib.hasInfix "[clients.ci]\nkey = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T\"\nrole = \"push\"\n" (registryText config)
+      && lib.length (lib.filter (l: l == "role = \"push\"") (lib.splitString "\n" (registryText config))) == 1
+    )
+    ++ expect.throws "an unknown role is refused" (withClient { clients.laptop.role = "admin"; })
+      .users.users.nix-ssh.openssh.authorizedKeys.keys;
+
+  "server: the publisher listens on a socket only the cache account and root reach" =
+    let
+      socket = minimal.systemd.sockets.nixcache-publisher;
+    in
+    expect.eq "ListenStream" socket.listenStreams [ "/run/nixcache/publisher.sock" ]
+    ++ expect.eq "socketConfig" socket.socketConfig {
+      SocketUser = "root";
+      SocketGroup = "nix-ssh";
+      SocketMode = "0660";
+      RemoveOnStop = true;
+    }
+    ++ expect.true "listening from boot" (lib.elem "sockets.target" socket.wantedBy)
+    ++ expect.true "serve is told where it is" (
+      lib.hasInfix " --publisher /run/nixcache/publisher.sock " (matchBlock minimal)
+    );
+
+  "server: the publisher holds the cache key as a credential, as a static unprivileged user, confined" =
+    let
+      unit = minimal.systemd.services.nixcache-publisher;
+      c = unit.serviceConfig;
+      user = minimal.users.users.nixcache-publisher;
+    in
+    expect.eq "ExecStart" c.ExecStart "${nixcache} publisher --listen /run/nixcache/publisher.sock --registry /etc/nixcache/clients.toml --secret-key-file %d/key --roots /nix/var/nix/gcroots/nixcache --max-nar-size 4G --allow-user nix-ssh"
+    ++ expect.eq "LoadCredential" c.LoadCredential [ "key:/var/lib/nixcache/secret-key" ]
+    # The daemon imports what the publisher signed from an untrusted user
+    # only if it trusts the key: it trusts the public half of every
+    # secret-key-files key.
+    ++ expect.true "the daemon trusts the key it signs with" (
+      lib.elem "/var/lib/nixcache/secret-key" minimal.nix.settings.secret-key-files
+    )
+    ++ expect.true "a static system user and group of its own" (
+      c.User == "nixcache-publisher"
+      && c.Group == "nixcache-publisher"
+      && !(c.DynamicUser or false)
+      && user.isSystemUser
+      && user.group == "nixcache-publisher"
+      && minimal.users.groups ? nixcache-publisher
+    )
+    ++ expect.true "not a trusted Nix user" (!lib.elem "nixcache-publisher" minimal.nix.settings.trusted-users)
+    ++ expect.true "needs the socket, the checked keys and the daemon" (
+      lib.all (u: lib.elem u unit.requires && lib.elem u unit.after) [
+        "nixcache-publisher.socket"
+        "nixcache-keygen.service"
+        "nix-daemon.socket"
+      ]
+    )
+    ++ expect.eq "writes only the pushed roots" c.ReadWritePaths [ "/nix/var/nix/gcroots/nixcache/pushed" ]
+    ++ expect.true "which are its own" (
+      lib.elem "d /nix/var/nix/gcroots/nixcache/pushed 0755 nixcache-publisher nixcache-publisher -" minimal.systemd.tmpfiles.rules
+    )
+    ++ lib.concatLists (
+      lib.mapAttrsToList (key: want: expect.eq "publisher's ${key}" (c.${key} or null) want) {
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateNetwork = true;
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        RestrictSUIDSGID = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged @resources"
+        ];
+      }
+    );
+
+  "server: maxNarSize and auditLog reach the publisher" =
+    let
+      config = withClient {
+        maxNarSize = "512M";
+        auditLog = "/var/log/nixcache/audit.log";
+      };
+      c = config.systemd.services.nixcache-publisher.serviceConfig;
+    in
+    expect.accepted config
+    ++ expect.true "flags" (
+      lib.hasInfix " --max-nar-size 512M " c.ExecStart
+      && lib.hasSuffix " --audit-log /var/log/nixcache/audit.log" c.ExecStart
+    )
+    ++ expect.eq "the file is writable, nothing else beside it" c.ReadWritePaths [
+      "/nix/var/nix/gcroots/nixcache/pushed"
+      "/var/log/nixcache/audit.log"
+    ]
+    ++ expect.eq "made before the confined publisher runs, the publisher's, 0640" c.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/mkdir -p -- /var/log/nixcache"
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/touch -- /var/log/nixcache/audit.log"
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/chown nixcache-publisher:nixcache-publisher -- /var/log/nixcache/audit.log"
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/chmod 0640 -- /var/log/nixcache/audit.log"
+    ]
+    ++ expect.throws "maxNarSize = \"lots\" is refused" (withClient { maxNarSize = "lots"; })
+      .systemd.services.nixcache-publisher.serviceConfig.ExecStart;
+
+  "server: refuses an audit log it cannot write or name" =
+    expect.refused (withClient { auditLog = "audit.log"; }) [ "auditLog = \"audit.log\" must be the absolute path of a file" ]
+    ++ expect.refused (withClient { auditLog = "/var/log/nixcache/"; }) [ "must be the absolute path of a file" ]
+    ++ expect.refused (withClient { auditLog = "/var/log/my audit.log"; }) [ "must be the absolute path of a file" ]
+    ++ expect.refused (withClient { auditLog = "/nix/store/00000000000000000000000000000000-audit.log"; }) [
+      "auditLog"
+      "inside the Nix store"
+    ]
+    ++ expect.refused (withClient { auditLog = "/tmp/audit.log"; }) [
+      "auditLog"
+      "temporary directory"
+    ];
+
+  "server: published mode: serve is told, and serves the channel alone" =
+    let
+      config = withClient { publishMode = "published"; };
+    in
+    expect.accepted config
+    ++ expect.true "ForceCommand" (lib.hasInfix "\n  ForceCommand ${dispatcherIn "published"}\n" (matchBlock config))
+    ++ expect.eq "authorized keys" config.users.users.nix-ssh.openssh.authorizedKeys.keys [
+      (line (dispatcherIn "published") clientKeyBare "laptop")
+    ]
+    ++ expect.throws "publishMode = \"some\" is refused" (withClient { publishMode = "some"; })
+      .services.openssh.extraConfig;
+
+  # nix-daemon --stdio answers for the whole store: nothing to restrict.
+  "server: refuses published mode with ssh-ng" =
+    let
+      message = [
+        "publishMode = \"published\" with protocol = \"ssh-ng\""
+        "Set protocol = \"ssh\""
+      ];
+    in
+    expect.refused (withClient {
+      publishMode = "published";
+      protocol = "ssh-ng";
+    }) message
+    # Either alone is fine.
+    ++ expect.accepted (withClient { protocol = "ssh-ng"; })
+    ++ expect.accepted (withClient { publishMode = "published"; });
+
+  "server: refuses published mode with nix.sshServe, which serves the whole store" =
+    let
+      withSshServe =
+        mode:
+        evalConfig [
+          {
+            services.nixcache.server = {
+              enable = true;
+              clients.a.key = clientKey;
+              publishMode = mode;
+            };
+            nix.sshServe.enable = true;
+          }
+        ];
+      message = "publishMode = \"published\" with nix.sshServe.enable";
+    in
+    expect.refused (withSshServe "published") [
+      message
+      "nix-store --serve on the whole store"
+    ]
+    # (nix.sshServe is refused anyway; this message says why published
+    # mode in particular cannot have it.)
+    ++ expect.true "not said in mode all" (
+      !lib.any (lib.hasInfix message) (failedAssertions (withSshServe "all"))
+    );
+
+  "server: a push client with ssh-ng gets a warning that ssh-ng keys can already write" =
+    let
+      pushNg = server {
+        protocol = "ssh-ng";
+        clients.laptop.key = clientKey;
+        clients.ci = {
+          key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T";
+          role = "push";
+        };
+      };
+      said = config: lib.any (lib.hasInfix "already lets every client key, pull keys included, write") config.warnings;
+    in
+    expect.accepted pushNg
+    ++ expect.true "warned, naming the client" (
+      said pushNg && lib.any (lib.hasInfix "clients ci have role \"push\"") pushNg.warnings
+    )
+    ++ expect.true "not without a push client" (!said (withClient { protocol = "ssh-ng"; }))
+    ++ expect.true "not with ssh" (
+      !said (server {
+        clients.ci = {
+          key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkyTU8ZFNjVcZtJ1Yq5sTRo0Y2m7lJ4vVv3+4Yb6R0T";
+          role = "push";
+        };
+      })
+    );
 
   "server: refuses a Nix too old to sign unprivileged" =
     expect.refused
