@@ -1,0 +1,201 @@
+// Package publish is the privileged half of uploads (docs/uploads.md): the
+// publisher holds the cache's secret key, checks each upload that serve
+// relays, signs it, imports it through the Nix daemon as an untrusted user
+// and publishes it with a root per client. It is also the audit log's one
+// writer. It answers HTTP/1.1 on a Unix socket whose peers PeerListener
+// has checked.
+package publish
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/nixcache/nixcache/internal/audit"
+	"github.com/nixcache/nixcache/internal/nixkey"
+	"github.com/nixcache/nixcache/internal/registry"
+)
+
+// Defaults of the publisher's flags.
+const (
+	DefaultMaxNarSize = 4 << 30
+	DefaultSocket     = "/run/nixcache/publisher.sock"
+	DefaultRoots      = "/nix/var/nix/gcroots/nixcache"
+)
+
+// Config is what a Publisher needs.
+type Config struct {
+	// Registry is the clients registry file, read again when it changes.
+	Registry string
+	// Key signs every imported path.
+	Key nixkey.SecretKey
+	// Roots is ROOTS: links go to ROOTS/pushed/CLIENT/BASENAME.
+	Roots string
+	// MaxNarSize is the largest NarSize accepted.
+	MaxNarSize uint64
+	// DaemonSocket is the Nix daemon's socket.
+	DaemonSocket string
+	// StoreDir is the store's directory, /nix/store.
+	StoreDir string
+	// Audit receives one JSON line per record, in a single Write each.
+	// Until internal/audit has its writer, the Publisher serialises the
+	// writes itself.
+	Audit io.Writer
+	// Log receives what the server's admin needs (why a 500 happened);
+	// nil discards it.
+	Log func(msg string)
+}
+
+// Publisher is the http.Handler for the publisher's socket.
+type Publisher struct {
+	cfg Config
+
+	auditMu sync.Mutex
+
+	regMu   sync.Mutex
+	regSeen os.FileInfo
+	reg     *registry.Registry
+	regErr  error
+}
+
+// New returns a Publisher for cfg.
+func New(cfg Config) *Publisher {
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = "/nix/store"
+	}
+	if cfg.MaxNarSize == 0 {
+		cfg.MaxNarSize = DefaultMaxNarSize
+	}
+	return &Publisher{cfg: cfg}
+}
+
+func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// PUT /upload/HASH names the hash part the client uploaded to, which
+	// StorePath must have; PUT /upload leaves it to the narinfo.
+	hash, isUpload := strings.CutPrefix(r.URL.Path, "/upload/")
+	if r.URL.Path == "/upload" {
+		isUpload = true
+	}
+	switch {
+	case isUpload && r.Method == http.MethodPut:
+		a := p.upload(r, hash)
+		answer(w, a.status, a.msg)
+	case r.URL.Path == "/audit" && r.Method == http.MethodPost:
+		p.audit(w, r)
+	case isUpload || r.URL.Path == "/audit":
+		allow := "PUT"
+		if !isUpload {
+			allow = "POST"
+		}
+		w.Header().Set("Allow", allow)
+		answer(w, http.StatusMethodNotAllowed, r.Method+" is not allowed here")
+	default:
+		answer(w, http.StatusNotFound, "the publisher answers PUT /upload/HASH and POST /audit only")
+	}
+}
+
+// answer writes the one line a person can act on.
+func answer(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	if status != http.StatusNoContent {
+		io.WriteString(w, msg+"\n")
+	}
+}
+
+func (p *Publisher) logf(format string, args ...any) {
+	if p.cfg.Log != nil {
+		p.cfg.Log(fmt.Sprintf(format, args...))
+	}
+}
+
+// maxAuditRecord caps one record: real ones are a few hundred bytes.
+const maxAuditRecord = 64 << 10
+
+var auditOps = map[string]bool{
+	audit.OpNarinfo: true, audit.OpNar: true, audit.OpUpload: true,
+	audit.OpMissing: true, audit.OpRefused: true,
+}
+
+// audit writes one record, decoded strictly, as one line.
+func (p *Publisher) audit(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAuditRecord+1))
+	if err != nil {
+		answer(w, http.StatusBadRequest, "reading the audit record: "+err.Error())
+		return
+	}
+	if len(body) > maxAuditRecord {
+		answer(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("an audit record is at most %d KiB", maxAuditRecord>>10))
+		return
+	}
+	rec, err := decodeRecord(body)
+	if err != nil {
+		answer(w, http.StatusBadRequest, "the audit record: "+err.Error())
+		return
+	}
+	if err := p.WriteRecord(rec); err != nil {
+		p.logf("cannot write the audit log: %v", err)
+		answer(w, http.StatusInternalServerError, "the audit log cannot be written; details are in the publisher's log")
+		return
+	}
+	answer(w, http.StatusNoContent, "")
+}
+
+// decodeRecord accepts exactly one JSON object with Record's fields and
+// nothing after it.
+func decodeRecord(body []byte) (*audit.Record, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var rec audit.Record
+	if err := dec.Decode(&rec); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the record")
+	}
+	if !auditOps[rec.Op] {
+		return nil, fmt.Errorf("unknown op %q", rec.Op)
+	}
+	if rec.Time.IsZero() {
+		return nil, errors.New("no time")
+	}
+	return &rec, nil
+}
+
+// WriteRecord appends rec to the audit log as one line, in one Write, so
+// that concurrent records never interleave.
+func (p *Publisher) WriteRecord(rec *audit.Record) error {
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	line = append(line, '\n')
+	p.auditMu.Lock()
+	defer p.auditMu.Unlock()
+	_, err = p.cfg.Audit.Write(line)
+	return err
+}
+
+// registry returns the registry, read again only when the file changed
+// (as serve's stillRegistered does).
+func (p *Publisher) registry() (*registry.Registry, error) {
+	p.regMu.Lock()
+	defer p.regMu.Unlock()
+	st, err := os.Stat(p.cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("the clients registry: %w", err)
+	}
+	if s := p.regSeen; s != nil && st.ModTime().Equal(s.ModTime()) && st.Size() == s.Size() && os.SameFile(st, s) {
+		return p.reg, p.regErr
+	}
+	p.regSeen = st
+	p.reg, p.regErr = registry.Load(p.cfg.Registry)
+	return p.reg, p.regErr
+}

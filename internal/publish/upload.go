@@ -1,0 +1,237 @@
+package publish
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/internal/nixkey"
+	"github.com/nixcache/nixcache/internal/registry"
+)
+
+// Headers serve sets on PUT /upload.
+const (
+	HeaderClient = "Nixcache-Client"
+	HeaderKey    = "Nixcache-Key"
+)
+
+// result is an upload's answer: a status and its one line.
+type result struct {
+	status int
+	msg    string
+}
+
+func fail(status int, format string, args ...any) result {
+	return result{status, fmt.Sprintf(format, args...)}
+}
+
+// upload is the import of docs/uploads.md, steps 2 to 8 (step 1 is
+// PeerListener's).
+func (p *Publisher) upload(r *http.Request, hash string) result {
+	// 2. A registered client, with this very key, and the push role.
+	name, fp := r.Header.Get(HeaderClient), r.Header.Get(HeaderKey)
+	reg, err := p.registry()
+	if err != nil {
+		p.logf("upload refused: %v", err)
+		return fail(http.StatusServiceUnavailable, "the cache cannot read its clients registry; details are in its log")
+	}
+	client, ok := findClient(reg, name, fp)
+	if !ok {
+		return fail(http.StatusForbidden, "client %q with key %s is not in the cache's registry", name, fp)
+	}
+	if !client.Role.Allows(registry.Push) {
+		return fail(http.StatusForbidden, "client %s may only pull: ask the cache's admin for the push role (nixcache clients set-role %s push)", name, name)
+	}
+
+	// 3. The narinfo, then the limit, before a byte of NAR is read.
+	body := bufio.NewReaderSize(r.Body, 64<<10)
+	text, err := readNarinfo(body)
+	if errors.Is(err, errNarinfoTooLong) {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	if err != nil {
+		return fail(http.StatusBadRequest, "reading the narinfo: %v", err)
+	}
+	c, err := parseNarinfo(text, p.cfg.StoreDir)
+	if err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	base := filepath.Base(c.Path)
+	if hash != "" && base[:hashPartLen] != hash {
+		return fail(http.StatusBadRequest, "the narinfo is for %s, not for the hash part %q it was uploaded to", c.Path, hash)
+	}
+	if c.NarSize > p.cfg.MaxNarSize {
+		return fail(http.StatusRequestEntityTooLarge, "NarSize %d of %s is over the cache's limit of %d bytes", c.NarSize, c.Path, p.cfg.MaxNarSize)
+	}
+
+	// One daemon connection for the whole import: the temporary root it
+	// holds keeps the path alive until its link exists.
+	conn, err := daemon.Dial(r.Context(), p.cfg.DaemonSocket)
+	if err != nil {
+		p.logf("upload of %s by %s: %v", c.Path, name, err)
+		return fail(http.StatusServiceUnavailable, "the cache's Nix daemon is not reachable; details are in its log")
+	}
+	defer conn.Close()
+
+	// 4. Every reference but the path itself is valid.
+	var others []string
+	for _, ref := range c.References {
+		if ref != c.Path {
+			others = append(others, ref)
+		}
+	}
+	if len(others) > 0 {
+		valid, err := conn.QueryValidPaths(others)
+		if err != nil {
+			return p.failed(c.Path, name, err)
+		}
+		isValid := make(map[string]bool, len(valid))
+		for _, v := range valid {
+			isValid[v] = true
+		}
+		for _, ref := range others {
+			if !isValid[ref] {
+				return fail(http.StatusConflict, "reference %s of %s is not valid on the cache: push it first", ref, c.Path)
+			}
+		}
+	}
+
+	// 5. A valid path: prove possession, or refuse another NAR.
+	if err := conn.AddTempRoot(c.Path); err != nil {
+		return p.failed(c.Path, name, err)
+	}
+	have, err := conn.QueryPathInfo(c.Path)
+	if err == nil {
+		return p.already(conn, client.Name, c, have, body)
+	}
+	if !errors.Is(err, daemon.ErrNotValid) {
+		return p.failed(c.Path, name, err)
+	}
+
+	// 6. The cache vouches, nobody else: the client's Sig lines were never
+	// read.
+	fingerprint, err := nixkey.Fingerprint(c.Path, c.NarHash, c.NarSize, c.References)
+	if err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	info := &daemon.PathInfo{
+		Path: c.Path, Deriver: c.Deriver, NarHash: c.NarHash, References: c.References,
+		NarSize: c.NarSize, CA: c.CA, Sigs: []string{p.cfg.Key.Sign(fingerprint).String()},
+	}
+
+	// 7. The import, the NAR streamed, counted and hashed on its way.
+	err = conn.AddToStoreNar(info, body)
+	var mismatch *daemon.NarMismatchError
+	var readErr *daemon.NarReadError
+	var remote *daemon.RemoteError
+	switch {
+	case errors.As(err, &mismatch):
+		return fail(http.StatusUnprocessableEntity, "the NAR does not match the narinfo of %s: %v", c.Path, mismatch)
+	case errors.As(err, &readErr):
+		p.logf("upload of %s by %s cut short: %v", c.Path, name, readErr)
+		return fail(http.StatusBadRequest, "the upload of %s was cut short: %v", c.Path, readErr.Err)
+	case errors.As(err, &remote) && strings.Contains(remote.Message, "lacks a signature by a trusted key"):
+		p.logf("the Nix daemon refused %s signed by the cache's key %s: add %s to trusted-public-keys (or the key file to secret-key-files) in the server's nix.conf and restart nix-daemon",
+			c.Path, p.cfg.Key.Name(), p.cfg.Key.Public().String())
+		return fail(http.StatusInternalServerError, "the cache's Nix daemon does not trust the cache's key; the admin's fix is in the publisher's log")
+	case err != nil:
+		return p.failed(c.Path, name, err)
+	}
+	// Two uploads of one path may race: the daemon takes the first and
+	// drops the second's NAR unread. Only the NAR that is valid now counts.
+	have, err = conn.QueryPathInfo(c.Path)
+	if err != nil {
+		return p.failed(c.Path, name, err)
+	}
+	if !bytes.Equal(have.NarHash, c.NarHash) || have.NarSize != c.NarSize {
+		return fail(http.StatusConflict, "%s is valid on the cache with another NAR (sha256:%s)", c.Path, nixbase32.EncodeToString(have.NarHash))
+	}
+
+	// 8. Publish, the daemon's temporary root still held.
+	if err := p.publish(client.Name, c.Path); err != nil {
+		p.logf("publishing %s for %s: %v", c.Path, name, err)
+		return fail(http.StatusInternalServerError, "the cache imported %s but could not publish it; details are in its log", c.Path)
+	}
+	return result{http.StatusCreated, "imported " + c.Path + ", signed by " + p.cfg.Key.Name()}
+}
+
+// already handles step 5: the NAR is hashed as it is read and must be the
+// valid path's own.
+func (p *Publisher) already(conn *daemon.Conn, client string, c *claim, have *daemon.PathInfo, nar io.Reader) result {
+	h := sha256.New()
+	// One byte more than either size: a stream that reaches it is too long
+	// for both, so a NAR of have.NarSize bytes has also ended.
+	n, err := io.Copy(h, io.LimitReader(nar, int64(max(c.NarSize, have.NarSize))+1))
+	if err != nil {
+		return fail(http.StatusBadRequest, "the upload of %s was cut short: %v", c.Path, err)
+	}
+	got := h.Sum(nil)
+	if uint64(n) == have.NarSize && bytes.Equal(got, have.NarHash) {
+		if err := p.publish(client, c.Path); err != nil {
+			p.logf("publishing %s for %s: %v", c.Path, client, err)
+			return fail(http.StatusInternalServerError, "the cache could not publish %s; details are in its log", c.Path)
+		}
+		return result{http.StatusOK, c.Path + " was already valid with this NAR; now published for " + client}
+	}
+	if uint64(n) != c.NarSize || !bytes.Equal(got, c.NarHash) {
+		return fail(http.StatusUnprocessableEntity, "the NAR does not match the narinfo of %s", c.Path)
+	}
+	return fail(http.StatusConflict, "%s is valid on the cache with another NAR (sha256:%s)", c.Path, nixbase32.EncodeToString(have.NarHash))
+}
+
+// failed is a 500 or 503 whose details go to the log only.
+func (p *Publisher) failed(path, client string, err error) result {
+	p.logf("upload of %s by %s: %v", path, client, err)
+	if errors.Is(err, context.Canceled) {
+		return fail(http.StatusServiceUnavailable, "the upload of %s was cancelled", path)
+	}
+	return fail(http.StatusInternalServerError, "the cache failed to import %s; details are in its log", path)
+}
+
+// publish makes ROOTS/pushed/CLIENT/BASENAME point to path, atomically: a
+// link under a temporary name, renamed into place.
+func (p *Publisher) publish(client, path string) error {
+	if registry.ValidateName(client) != nil {
+		return fmt.Errorf("client name %q cannot name a directory", client)
+	}
+	dir := filepath.Join(p.cfg.Roots, "pushed", client)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	base := filepath.Base(path)
+	tmp := filepath.Join(dir, "."+base+".tmp-"+hex.EncodeToString(b[:]))
+	if err := os.Symlink(path, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, base)); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// findClient is the registry's client called name whose key has the
+// fingerprint fp.
+func findClient(reg *registry.Registry, name, fp string) (registry.Client, bool) {
+	for _, c := range reg.Clients() {
+		if c.Name == name {
+			return c, c.Fingerprint() == fp
+		}
+	}
+	return registry.Client{}, false
+}
