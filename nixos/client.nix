@@ -101,6 +101,25 @@ in
       '';
     };
 
+    uploadUsers = lib.mkOption {
+      type = lib.types.listOf (lib.types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*");
+      default = [ ];
+      example = [ "ci" ];
+      description = ''
+        Local users besides root who may upload through the substituter
+        (protocol `nixcache`): `nixcache push`, or `nix copy --to
+        http://127.0.0.1:''${substituterPort}`. The substituter asks the
+        kernel which user owns each connection and refuses an upload from
+        anyone else; downloads stay open to every local user.
+
+        Whether uploads are accepted at all is the cache's business: the
+        cache's admin gives this machine's key the role `push`
+        (`services.nixcache.server.clients.<name>.role`, or `nixcache
+        clients add NAME --key KEY --role push`). A key with the role
+        `pull` gets "403" for every upload, whatever this list says.
+      '';
+    };
+
     channels = lib.mkOption {
       type = lib.types.ints.positive;
       default = lib.min 8 cfg.maxSessions;
@@ -232,6 +251,11 @@ in
       }
     );
 
+    # Uploads go through the substituter alone.
+    warnings = lib.optional (cfg.uploadUsers != [ ] && !viaSubstituter) ''
+      services.nixcache.client.uploadUsers is set, but protocol = "${cfg.protocol}": uploads go through the local substituter only, which protocol = "nixcache" runs. Set that protocol, or drop uploadUsers.
+    '';
+
     nix.settings = {
       # Added to the list, which keeps cache.nixos.org.
       substituters = [ substituter ];
@@ -331,16 +355,19 @@ in
       # builds (NixOS/nix#6445).
       unitConfig.StartLimitIntervalSec = 0;
       serviceConfig = {
-        ExecStart = lib.concatStringsSep " " [
-          "${lib.getExe cfg.package} client substituter"
-          "--cache ssh://${cfg.user}@${cfg.host}:${toString cfg.port}"
-          "--listen 127.0.0.1:${toString cfg.substituterPort}"
-          "--identity-file %d/ssh-key"
-          "--known-hosts-file ${knownHostsFile}"
-          "--channels ${toString cfg.channels}"
-          "--server-max-sessions ${toString cfg.maxSessions}"
-          "--spool-dir %C/nixcache-substituter"
-        ];
+        ExecStart = lib.concatStringsSep " " (
+          [
+            "${lib.getExe cfg.package} client substituter"
+            "--cache ssh://${cfg.user}@${cfg.host}:${toString cfg.port}"
+            "--listen 127.0.0.1:${toString cfg.substituterPort}"
+            "--identity-file %d/ssh-key"
+            "--known-hosts-file ${knownHostsFile}"
+            "--channels ${toString cfg.channels}"
+            "--server-max-sessions ${toString cfg.maxSessions}"
+            "--spool-dir %C/nixcache-substituter"
+          ]
+          ++ map (user: "--upload-user ${user}") cfg.uploadUsers
+        );
         Restart = "always";
         RestartSec = 5;
         # The key reaches the service as a credential: root reads it, the
@@ -367,7 +394,14 @@ in
           "AF_INET6"
         ];
       }
-      // common.isolation;
+      // common.isolation
+      // {
+        # An upload is taken only from root and uploadUsers: the
+        # substituter reads which user owns the other end of the
+        # connection in /proc/net/tcp (and tcp6), which ProcSubset=pid
+        # hides. Other users' processes stay invisible (ProtectProc).
+        ProcSubset = "all";
+      };
     };
     # systemd holds the substituter's port from boot on, across restarts:
     # it is not privileged, and a local user who bound it first would get

@@ -2,6 +2,7 @@
 {
   lib,
   evalConfig,
+  evalModules,
   expect,
   failedAssertions,
   fakePackage,
@@ -220,6 +221,41 @@ in
         // networked
       )
     );
+
+  "client: uploadUsers may upload through the substituter, besides root" =
+    let
+      unit = settings: (client ({ protocol = "nixcache"; } // settings) { }).systemd.services.nixcache-substituter;
+      execStart = settings: (unit settings).serviceConfig.ExecStart;
+      ssh = client { uploadUsers = [ "ci" ]; } { };
+    in
+    expect.true "none by default: root alone" (!lib.hasInfix "--upload-user" (execStart { }))
+    ++ expect.true "one flag per user" (
+      lib.hasSuffix " --spool-dir %C/nixcache-substituter --upload-user ci --upload-user alice" (execStart {
+        uploadUsers = [
+          "ci"
+          "alice"
+        ];
+      })
+    )
+    ++ expect.throws "a name that is no user name (or that systemd would expand) is refused" (execStart {
+      uploadUsers = [ "ci %u" ];
+    })
+    # Which user owns a connection is in /proc/net/tcp, which ProcSubset=pid
+    # hides; other users' processes stay hidden.
+    ++ expect.true "the substituter can tell who connected" (
+      (unit { }).serviceConfig.ProcSubset == "all" && (unit { }).serviceConfig.ProtectProc == "invisible"
+    )
+    ++ expect.true "the description says the role is the cache's business" (
+      let
+        d = (evalModules [ ]).options.services.nixcache.client.uploadUsers.description;
+      in
+      lib.hasInfix "the cache's business" d && lib.hasInfix "role `push`" d
+    )
+    ++ expect.accepted ssh
+    ++ expect.true "without the substituter it does nothing, and says so" (
+      lib.any (lib.hasInfix "uploadUsers is set, but protocol = \"ssh\"") ssh.warnings
+    )
+    ++ expect.eq "no warning by default" minimal.warnings [ ];
 
   "client: the substituter's channels stay under the cache's MaxSessions" =
     let
