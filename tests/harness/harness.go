@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/internal/daemon"
+	"github.com/nixcache/nixcache/internal/nixkey"
 )
 
 // CommandTimeout bounds every command the harness runs, so that a hung ssh
@@ -45,6 +46,11 @@ type Env struct {
 	ConfDir string
 	// Home is HOME for every command, so nothing is written to /root.
 	Home string
+	// CacheSecretKey is the file of a Nix signing key made for this Env,
+	// and CachePublicKey its public key, "name:base64". The daemon trusts
+	// it (trusted-public-keys): a publisher that signs with it may import
+	// input-addressed paths as an untrusted daemon user (docs/uploads.md).
+	CacheSecretKey, CachePublicKey string
 
 	daemon       *process
 	nixcache     string
@@ -95,9 +101,19 @@ func (e *Env) start() error {
 			return err
 		}
 	}
+	key, err := nixkey.Generate("nixcache-e2e-" + Nonce() + "-1")
+	if err != nil {
+		return err
+	}
+	e.CacheSecretKey, e.CachePublicKey = filepath.Join(e.Dir, "cache-secret-key"), key.Public().String()
+	if err := nixkey.WriteSecretKeyFile(e.CacheSecretKey, key, false); err != nil {
+		return err
+	}
 	// The daemon builds test derivations whose builder is /bin/sh, which
-	// needs no nixpkgs but does need the sandbox off.
-	conf := "sandbox = false\nexperimental-features = nix-command\nbuild-users-group = nixbld\n"
+	// needs no nixpkgs but does need the sandbox off. It trusts the Env's
+	// cache key alone: what the publisher imports must carry its signature.
+	conf := "sandbox = false\nexperimental-features = nix-command\nbuild-users-group = nixbld\n" +
+		"trusted-public-keys = " + e.CachePublicKey + "\n"
 	if err := os.WriteFile(filepath.Join(e.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -116,7 +132,6 @@ func (e *Env) start() error {
 	}
 	// Not e.Environ(): with NIX_REMOTE=daemon the daemon would serve its
 	// own socket instead of the store.
-	var err error
 	e.daemon, err = e.startDaemon(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
 	return err
 }
@@ -255,4 +270,21 @@ func Nonce() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// PathInfo is what the Env's daemon knows of path, or nil when the path is
+// not valid on the server.
+func (e *Env) PathInfo(path string) (*daemon.PathInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	defer cancel()
+	c, err := daemon.Dial(ctx, e.Socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	info, err := c.QueryPathInfo(path)
+	if errors.Is(err, daemon.ErrNotValid) {
+		return nil, nil
+	}
+	return info, err
 }

@@ -1,8 +1,15 @@
 package harness
 
 import (
+	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 )
 
 // Machine is a client machine as `nixcache client join` sees it: a nix.conf
@@ -35,6 +42,10 @@ func (e *Env) NewMachine(dir, nixConf string, chroot bool) (*Machine, error) {
 	}
 	if chroot {
 		m.Store = filepath.Join(dir, "store")
+	}
+	// Its ordinary users reach the daemon's socket and read nix.conf (RunAs).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
 	}
 	for _, d := range []string{m.ConfDir, filepath.Join(dir, "home")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -105,4 +116,101 @@ func (m *Machine) Has(path string) bool {
 // Realise realises paths through the machine's daemon.
 func (m *Machine) Realise(paths ...string) Result {
 	return Run(m.Environ(), "nix-store", append([]string{"--realise"}, paths...)...)
+}
+
+// Import adds paths to the machine's store as root (`nix-store --import`
+// through its daemon, which trusts root, so no signature is needed), in the
+// order given: references first.
+func (m *Machine) Import(paths ...Path) error {
+	cmd := exec.Command("nix-store", "--import")
+	cmd.Env = m.Environ()
+	cmd.Stdin = bytes.NewReader(Export(paths...))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nix-store --import: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// Nobody is the uid (and gid) of an ordinary user with no privileges.
+const Nobody = 65534
+
+// RunAs runs a command on the machine as the ordinary user uid (its group
+// the same number, no supplementary groups), with a HOME of its own and
+// the machine's nix.conf and daemon, as a local user's Nix commands run.
+func (m *Machine) RunAs(uid int, name string, args ...string) Result {
+	home := filepath.Join(m.Dir, fmt.Sprintf("home-%d", uid))
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return Result{Err: err}
+	}
+	if err := os.Chown(home, uid, uid); err != nil {
+		return Result{Err: err}
+	}
+	env := append(nixEnviron(home, m.ConfDir, "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+m.Socket), "USER="+strconv.Itoa(uid))
+	return Run(env, "setpriv", append([]string{"--reuid", strconv.Itoa(uid), "--regid", strconv.Itoa(uid), "--clear-groups", "--", name}, args...)...)
+}
+
+// Substituter is a running `nixcache client substituter` of a machine.
+type Substituter struct {
+	// URL is where it serves, http://127.0.0.1:PORT.
+	URL     string
+	logPath string
+	proc    *process
+}
+
+// StartSubstituter runs `nixcache client substituter --cache cacheURL` as
+// root with the machine's ssh directory (set up by `nixcache client join`)
+// and the extra arguments, on a free loopback port, and waits until it
+// serves. Stop it with Stop.
+func (m *Machine) StartSubstituter(cacheURL string, extra ...string) (*Substituter, error) {
+	nixcache, err := m.env.Nixcache()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	spool, err := os.MkdirTemp(m.Dir, "spool-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Substituter{URL: "http://" + addr, logPath: spool + ".log"}
+	log, err := os.Create(s.logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd := exec.Command(nixcache, append([]string{"client", "substituter", "--cache", cacheURL, "--listen", addr,
+		"--ssh-dir", m.SSHDir, "--spool-dir", spool}, extra...)...)
+	cmd.Env = m.Environ()
+	cmd.Stdout, cmd.Stderr = log, log
+	if s.proc, err = startProcess(cmd); err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if exited, werr := s.proc.hasExited(); exited {
+			return nil, fmt.Errorf("the substituter exited at start (%v):\n%s", werr, s.Log())
+		}
+		if strings.Contains(s.Log(), "serving") {
+			return s, nil
+		}
+	}
+	s.Stop()
+	return nil, fmt.Errorf("the substituter did not serve within 30s:\n%s", s.Log())
+}
+
+// Stop stops the substituter (SIGTERM, then SIGKILL).
+func (s *Substituter) Stop() { s.proc.stop() }
+
+// Kill kills the substituter at once, as a crash would.
+func (s *Substituter) Kill() {
+	syscall.Kill(-s.proc.cmd.Process.Pid, syscall.SIGKILL)
+	s.proc.stop()
+}
+
+// Log is what the substituter logged.
+func (s *Substituter) Log() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
 }

@@ -43,7 +43,12 @@ type Server struct {
 	// HostKey is the server's public host key, "ssh-ed25519 AAAA...".
 	HostKey string
 
+	// Publisher is the cache's publisher, for a server that takes uploads
+	// (StartUploadServer); nil otherwise.
+	Publisher *Publisher
+
 	authorizedKeys string
+	publishMode    string
 	sshd           *process
 	env            *Env
 }
@@ -61,7 +66,11 @@ func (s *Server) forceCommand() (string, error) {
 		return nixDaemon + " --stdio", err
 	case Nixcache:
 		nixcache, err := s.env.Nixcache()
-		return fmt.Sprintf("%s serve --registry %s --nix-store %s", nixcache, s.Registry(), nixStore), err
+		command := fmt.Sprintf("%s serve --registry %s --nix-store %s", nixcache, s.Registry(), nixStore)
+		if s.Publisher != nil {
+			command += fmt.Sprintf(" --publisher %s --publish-mode %s --roots %s", s.Publisher.Socket, s.publishMode, s.Publisher.Roots)
+		}
+		return command, err
 	}
 	return nixStore + " --serve", nil
 }
@@ -72,6 +81,19 @@ func (s *Server) Registry() string { return filepath.Join(s.Dir, "clients.toml")
 // StartServer starts sshd for a cache served with protocol p. No client is
 // authorized until Authorize is called.
 func (e *Env) StartServer(p Protocol) (*Server, error) {
+	s, err := e.newServer(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.start(e, s.hostKeyFile()); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer prepares a server's directory, host key and port.
+func (e *Env) newServer(p Protocol) (*Server, error) {
 	dir, err := os.MkdirTemp(e.Dir, "sshd-")
 	if err != nil {
 		return nil, err
@@ -92,10 +114,6 @@ func (e *Env) StartServer(p Protocol) (*Server, error) {
 	// A port taken between this probe and sshd's bind makes sshd exit,
 	// which waitReady reports; tests then fail loudly rather than hang.
 	if s.Port, err = freePort(); err != nil {
-		return nil, err
-	}
-	if err := s.start(e, s.hostKeyFile()); err != nil {
-		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -138,10 +156,6 @@ func (s *Server) start(e *Env, hostKey string) error {
 	if err != nil {
 		return err
 	}
-	home := filepath.Join(s.Dir, "empty")
-	if err := os.MkdirAll(home, 0o755); err != nil {
-		return err
-	}
 	cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
@@ -170,10 +184,6 @@ Match All
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
-	files, err := accountFiles(s.Dir, home)
-	if err != nil {
-		return err
-	}
 	log, err := os.Create(filepath.Join(s.Dir, "sshd.log"))
 	if err != nil {
 		return err
@@ -187,15 +197,10 @@ Match All
 		// so the penalties soon refuse the tests' own logins.
 		args = append(args, "-o", "PerSourcePenalties=no")
 	}
-	// sshd runs in a mount namespace of its own in which /etc/passwd, group
-	// and shadow are copies with the nix-ssh account added: the machine's
-	// files are never touched. ownroot makes that namespace (unshare would
-	// fail in a chroot whose / is not a mount) and execs in place, so the
-	// PID we hold is sshd's.
-	cmd := exec.Command(e.ownroot, append([]string{
-		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && sshd="$4" && shift 4 && exec "$sshd" "$@"`,
-		"sh", files[0], files[1], files[2], sshd}, args...)...)
-	cmd.Env = e.Environ()
+	cmd, err := s.withAccount(sshd, args...)
+	if err != nil {
+		return err
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	if s.sshd, err = startProcess(cmd); err != nil {
 		return err
@@ -215,6 +220,28 @@ func penaltiesSupported(sshd, cfgPath string) bool {
 		penalties.supported = exec.Command(sshd, "-t", "-f", cfgPath, "-o", "PerSourcePenalties=no").Run() == nil
 	})
 	return penalties.supported
+}
+
+// withAccount is a command that runs in a mount namespace of its own in
+// which /etc/passwd, group and shadow are copies with the nix-ssh account
+// added: the machine's files are never touched. ownroot makes that
+// namespace (unshare would fail in a chroot whose / is not a mount) and
+// execs in place, so the PID the harness holds is the command's. sshd runs
+// so, and the publisher, which names the account in --allow-user.
+func (s *Server) withAccount(name string, args ...string) (*exec.Cmd, error) {
+	home := filepath.Join(s.Dir, "empty")
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return nil, err
+	}
+	files, err := accountFiles(s.Dir, home)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(s.env.ownroot, append([]string{
+		"/bin/sh", "-c", `mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /etc/shadow && cmd="$4" && shift 4 && exec "$cmd" "$@"`,
+		"sh", files[0], files[1], files[2], name}, args...)...)
+	cmd.Env = s.env.Environ()
+	return cmd, nil
 }
 
 // accountFiles writes copies of passwd, group and shadow that add the cache
@@ -359,6 +386,7 @@ func (s *Server) Close() {
 		}
 	}
 	s.sshd.stop()
+	s.stopPublisher()
 }
 
 // children are the PIDs whose parent is pid.
