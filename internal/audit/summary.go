@@ -70,7 +70,7 @@ func Summarise(r io.Reader, f Filter) ([]Summary, Skipped, error) {
 	keys := map[string]map[string]bool{}
 	br := bufio.NewReaderSize(r, MaxLine)
 	for n := 1; ; n++ {
-		line, err := br.ReadSlice('\n')
+		text, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			skip(n)
 			for errors.Is(err, bufio.ErrBufferFull) {
@@ -87,11 +87,11 @@ func Summarise(r io.Reader, f Filter) ([]Summary, Skipped, error) {
 		if err != nil && err != io.EOF {
 			return nil, skipped, err
 		}
-		if len(line) == 0 && err == io.EOF {
+		if len(text) == 0 && err == io.EOF {
 			break
 		}
-		if rec, ok := parseLine(line); !ok {
-			if len(bytes.TrimSpace(line)) > 0 {
+		if rec, ok := parseLine(text); !ok {
+			if len(bytes.TrimSpace(text)) > 0 {
 				skip(n)
 			}
 		} else if include(rec, f) {
@@ -127,25 +127,37 @@ func Summarise(r io.Reader, f Filter) ([]Summary, Skipped, error) {
 	return out, skipped, nil
 }
 
+// line is what a summary reads of a record: the path, the longest
+// string, is not kept.
+type line struct {
+	Time   time.Time `json:"time"`
+	Client string    `json:"client"`
+	Key    string    `json:"key"`
+	Role   string    `json:"role"`
+	Op     string    `json:"op"`
+	Bytes  int64     `json:"bytes"`
+	Status int       `json:"status"`
+}
+
 // parseLine reads a record leniently (unknown fields allowed) but asks for
 // what a summary needs: a time and an op.
-func parseLine(line []byte) (Record, bool) {
-	line = bytes.TrimSpace(line)
-	if len(line) == 0 || line[0] != '{' {
-		return Record{}, false
+func parseLine(text []byte) (line, bool) {
+	text = bytes.TrimSpace(text)
+	if len(text) == 0 || text[0] != '{' {
+		return line{}, false
 	}
-	var r Record
-	if err := json.Unmarshal(line, &r); err != nil || r.Time.IsZero() || r.Op == "" || r.Bytes < 0 {
-		return Record{}, false
+	var r line
+	if err := json.Unmarshal(text, &r); err != nil || r.Time.IsZero() || r.Op == "" || r.Bytes < 0 {
+		return line{}, false
 	}
 	return r, true
 }
 
-func include(r Record, f Filter) bool {
+func include(r line, f Filter) bool {
 	return (f.Client == "" || r.Client == f.Client) && (f.Since.IsZero() || !r.Time.Before(f.Since))
 }
 
-func add(s *Summary, keys map[string]bool, r Record) {
+func add(s *Summary, keys map[string]bool, r line) {
 	s.Requests++
 	switch r.Op {
 	case OpNarinfo, OpNar, OpMissing:
