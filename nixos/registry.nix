@@ -1,14 +1,25 @@
 # The one place that turns clients into sshd configuration: the registry
 # file `nixcache clients add` writes and the server module's inline
 # `clients.<name>` both become lines of the cache account's authorized_keys,
-# exactly as `nixcache clients authorized-keys` renders them.
+# exactly as `nixcache clients authorized-keys` renders them, and the
+# registry file `nixcache serve` reads, exactly as `nixcache clients` writes
+# it. Each client has a role, "pull" (the default) or "push".
 #
 # Plain builtins, no nixpkgs: the Go tests evaluate this file with
 # nix-instantiate and compare it with the CLI's output line for line.
 let
-  # The registry format this module understands; a newer file is refused
-  # rather than read without what it adds (roles, in version 2).
-  supportedVersion = 1;
+  # The registry formats this module reads, as internal/registry: version
+  # 1 has no roles (every client pulls), version 2 adds role = "pull" or
+  # "push". A newer file is refused rather than read without what it adds.
+  # A file is written as version 1 while no client is push, so it is then
+  # what nixcache wrote before roles.
+  oldestVersion = 1;
+  rolesVersion = 2;
+  roles = [
+    "pull"
+    "push"
+  ];
+  roleOf = client: if (client.role or null) == null then "pull" else client.role;
 
   # As internal/registry: safe as a TOML table, an authorized_keys comment,
   # an attribute name and a file name.
@@ -46,6 +57,16 @@ let
         [ ]
     )
     ++ (
+      if builtins.elem (roleOf client) roles then
+        [ ]
+      else
+        [
+          "${origin}: the role of client \"${name}\" is ${
+            if builtins.isString client.role then "\"${client.role}\"" else "not a string"
+          }: use \"pull\" or \"push\" (push also uploads)"
+        ]
+    )
+    ++ (
       if !(builtins.isString (client.key or null)) then
         [ "${origin}: client \"${name}\" has no key" ]
       else if parseKey client.key == null then
@@ -56,8 +77,9 @@ let
         [ ]
     );
 
-  # name -> { key = "TYPE BASE64"; comment; }, keeping only well-formed
-  # clients; problems lists the rest.
+  # name -> { key = "TYPE BASE64"; comment; role; }, keeping only
+  # well-formed clients; problems lists the rest. A client without a role
+  # (or with role = null) pulls.
   normalise =
     origin: clients:
     let
@@ -73,6 +95,7 @@ let
           value = {
             key = builtins.head (parseKey clients.${n}.key);
             comment = clients.${n}.comment or "";
+            role = roleOf clients.${n};
             inherit origin;
           };
         }) good
@@ -88,18 +111,30 @@ in
       origin = toString file;
       doc = builtins.fromTOML (builtins.readFile file);
       version = doc.version or null;
+      clients = doc.clients or { };
+      read = normalise origin clients;
+      # A role in a version 1 file is a hand edit that forgot the version;
+      # the CLI refuses the file, and so does the module.
+      rolesInV1 = builtins.filter (n: clients.${n} ? role) (builtins.attrNames clients);
     in
-    if version != supportedVersion then
+    if !(builtins.isInt version) || version < oldestVersion || version > rolesVersion then
       {
         clients = { };
         problems = [
           "${origin}: registry version ${
             if version == null then "(missing)" else toString version
-          } is not version ${toString supportedVersion}, the one this module reads; write it with `nixcache clients add`, or update nixcache"
+          } is not one this module reads (${toString oldestVersion} or ${toString rolesVersion}); write it with `nixcache clients add`, or update nixcache"
         ];
       }
+    else if version < rolesVersion && rolesInV1 != [ ] then
+      {
+        clients = { };
+        problems = map (
+          n: "${origin}: client \"${n}\" has a role, which needs version = ${toString rolesVersion}; the file says version = ${toString version}"
+        ) rolesInV1;
+      }
     else
-      normalise origin (doc.clients or { });
+      read;
 
   inherit normalise;
 
@@ -136,6 +171,7 @@ in
           inherit (c) name;
           value = {
             inherit (c) key comment;
+            role = roleOf c;
           };
         }) all
       );
@@ -143,20 +179,38 @@ in
 
   # authorized_keys lines, in name order as the CLI writes them. `restrict`
   # turns off PTYs, forwarding and ~/.ssh/rc; command= forces
-  # `command name` whatever the client asks to run.
+  # `command name` whatever the client asks to run. `protocol` is the CLI's
+  # --protocol: for the dispatcher ("nixcache", the server module's, so the
+  # default), a push client's command ends in --role push, the most serve
+  # grants the key; "ssh" and "ssh-ng" never upload through nixcache, so
+  # their lines carry no role.
   authorizedKeys =
-    { clients, command }:
-    map (name: "restrict,command=\"${command name}\" ${clients.${name}.key} nixcache:${name}") (
-      builtins.attrNames clients
-    );
+    {
+      clients,
+      command,
+      protocol ? "nixcache",
+    }:
+    map (
+      name:
+      let
+        role =
+          if protocol == "nixcache" && roleOf clients.${name} == "push" then " --role push" else "";
+      in
+      "restrict,command=\"${command name}${role}\" ${clients.${name}.key} nixcache:${name}"
+    ) (builtins.attrNames clients);
 
   # The clients as a registry file `nixcache serve --registry` reads: what
   # `nixcache clients` writes (internal/registry's Marshal) for the same
-  # clients, under `header` (comment lines) instead of the CLI's own.
+  # clients, under `header` (comment lines) instead of the CLI's own:
+  # version 2 with role = "push" when a client is push (pull is never
+  # written), else version 1.
   toTOML =
     { clients, header }:
+    let
+      anyPush = builtins.any (n: roleOf clients.${n} == "push") (builtins.attrNames clients);
+    in
     header
-    + "version = ${toString supportedVersion}\n"
+    + "version = ${toString (if anyPush then rolesVersion else oldestVersion)}\n"
     + builtins.concatStringsSep "" (
       map (
         name:
@@ -165,6 +219,7 @@ in
         in
         "\n[clients.${if builtins.match ".*[.].*" name != null then quote name else name}]\n"
         + "key = ${quote c.key}\n"
+        + (if roleOf c == "push" then "role = \"push\"\n" else "")
         + (if c.comment == "" then "" else "comment = ${quote c.comment}\n")
       ) (builtins.attrNames clients)
     );

@@ -22,8 +22,9 @@ import (
 
 // The store paths the module puts in command=, as on a NixOS server.
 const (
-	nixStore  = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-store"
-	nixDaemon = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-daemon"
+	nixStore        = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-store"
+	nixDaemon       = "/nix/store/0c7bz0ivs6asxa1dwcj2ir6ir3fqx1mr-nix-2.28.4/bin/nix-daemon"
+	nixcacheProgram = "/nix/store/1d8cz1jwt7bt8b2exk3js7js8gr4ny2n-nixcache-0.1.0/bin/nixcache"
 )
 
 func run(t *testing.T, name string, args ...string) string {
@@ -56,9 +57,11 @@ func TestMain(m *testing.M) {
 const moduleHeader = "# rendered by nixos/registry.nix\n"
 
 // moduleRender evaluates nixos/registry.nix as the server module does: the
-// registry file's clients, rendered as authorized_keys lines with command
-// and as the registry file the dispatcher reads.
-func moduleRender(t *testing.T, registry, command string) (lines []string, toml string, problems []string) {
+// registry file's clients, rendered as authorized_keys lines for protocol
+// with command (for the dispatcher, "nixcache", followed by --client NAME,
+// as the server module writes it) and as the registry file the dispatcher
+// reads.
+func moduleRender(t *testing.T, registry, protocol, command string) (lines []string, toml string, problems []string) {
 	t.Helper()
 	abs, err := filepath.Abs(registry)
 	if err != nil {
@@ -68,13 +71,17 @@ func moduleRender(t *testing.T, registry, command string) (lines []string, toml 
 	if err != nil {
 		t.Fatal(err)
 	}
-	const expr = `{ registryNix, file, command }:
+	const expr = `{ registryNix, file, protocol, command }:
 let
   r = import (/. + registryNix);
   m = r.merge [ (r.readFile (/. + file)) ];
 in {
   inherit (m) problems;
-  lines = r.authorizedKeys { inherit (m) clients; command = _: command; };
+  lines = r.authorizedKeys {
+    inherit (m) clients;
+    inherit protocol;
+    command = name: if protocol == "nixcache" then "${command} --client ${name}" else command;
+  };
   toml = r.toTOML { inherit (m) clients; header = "# rendered by nixos/registry.nix\n"; };
 }`
 	exprFile := filepath.Join(t.TempDir(), "eval.nix")
@@ -83,7 +90,7 @@ in {
 	}
 	// dummy://: evaluation needs no store, so no daemon and no root.
 	out := run(t, "nix-instantiate", "--option", "store", "dummy://", "--eval", "--strict", "--json", exprFile,
-		"--argstr", "registryNix", registryNix, "--argstr", "file", abs, "--argstr", "command", command)
+		"--argstr", "registryNix", registryNix, "--argstr", "file", abs, "--argstr", "protocol", protocol, "--argstr", "command", command)
 	var v struct {
 		Problems, Lines []string
 		TOML            string
@@ -130,28 +137,36 @@ func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
 	dir := t.TempDir()
 	fresh := filepath.Join(dir, "clients.toml")
 	// A registry as an admin grows it: several clients, comments from the
-	// keys and from --comment, added out of order.
-	for _, c := range []struct{ name, keyComment, comment string }{
-		{"zz-last", "root@zz", ""},
-		{"build-01", "root@build-01", "CI runner"},
-		{"a.laptop_2", "", "Ana's \"laptop\""},
-		{"c", "", `C:\Users\ana ünïcode € 'x' #1 = [t]`},
+	// keys and from --comment, added out of order, one of them push.
+	for _, c := range []struct{ name, keyComment, comment, role string }{
+		{"zz-last", "root@zz", "", ""},
+		{"build-01", "root@build-01", "CI runner", "push"},
+		{"a.laptop_2", "", "Ana's \"laptop\"", "pull"},
+		{"c", "", `C:\Users\ana ünïcode € 'x' #1 = [t]`, ""},
 	} {
 		key := newKey(t, dir, c.name, c.keyComment)
 		args := []string{"clients", "add", "--registry", fresh, "--key", key}
 		if c.comment != "" {
 			args = append(args, "--comment", c.comment)
 		}
+		if c.role != "" {
+			args = append(args, "--role", c.role)
+		}
 		run(t, nixcache, append(args, c.name)...)
 	}
+	// The same clients once no one is push: version 1 again.
+	demoted := filepath.Join(dir, "demoted.toml")
+	copyFile(t, fresh, demoted)
+	run(t, nixcache, "clients", "set-role", "--registry", demoted, "build-01", "pull")
 
-	for _, registry := range []string{fresh, "registry.toml", "registry-revoked.toml"} {
+	for _, registry := range []string{fresh, demoted, "registry.toml", "registry-revoked.toml"} {
 		for _, p := range []struct{ protocol, program, command string }{
 			{"ssh", nixStore, nixStore + " --serve"},
 			{"ssh-ng", nixDaemon, nixDaemon + " --stdio"},
+			{"nixcache", nixcacheProgram, nixcacheProgram + " serve"},
 		} {
 			want := cliLines(t, registry, p.protocol, p.program)
-			got, _, problems := moduleRender(t, registry, p.command)
+			got, _, problems := moduleRender(t, registry, p.protocol, p.command)
 			if len(problems) > 0 {
 				t.Errorf("%s: the module refuses what the CLI wrote: %q", registry, problems)
 			}
@@ -169,20 +184,27 @@ func TestModuleRendersWhatTheCLIRenders(t *testing.T) {
 func TestModuleWritesTheRegistryTheCLIReads(t *testing.T) {
 	dir := t.TempDir()
 	fresh := filepath.Join(dir, "clients.toml")
-	for _, c := range []struct{ name, comment string }{
-		{"zz-last", ""},
-		{"a.laptop_2", `Ana's "laptop" \ C:\Users`},
-		{"b", "ünïcode € 'x' #1 = [t] \\u0041"},
-		{"build.01", "x"},
+	for _, c := range []struct{ name, comment, role string }{
+		{"zz-last", "", "push"},
+		{"a.laptop_2", `Ana's "laptop" \ C:\Users`, ""},
+		{"b", "ünïcode € 'x' #1 = [t] \\u0041", "push"},
+		{"build.01", "x", "pull"},
 	} {
 		args := []string{"clients", "add", "--registry", fresh, "--key", newKey(t, dir, c.name, "")}
 		if c.comment != "" {
 			args = append(args, "--comment", c.comment)
 		}
+		if c.role != "" {
+			args = append(args, "--role", c.role)
+		}
 		run(t, nixcache, append(args, c.name)...)
 	}
-	for _, registry := range []string{fresh, "registry.toml", "registry-revoked.toml"} {
-		_, toml, problems := moduleRender(t, registry, "unused")
+	demoted := filepath.Join(dir, "demoted.toml")
+	copyFile(t, fresh, demoted)
+	run(t, nixcache, "clients", "set-role", "--registry", demoted, "zz-last", "pull")
+	run(t, nixcache, "clients", "set-role", "--registry", demoted, "b", "pull")
+	for _, registry := range []string{fresh, demoted, "registry.toml", "registry-revoked.toml"} {
+		_, toml, problems := moduleRender(t, registry, "ssh", "unused")
 		if len(problems) > 0 {
 			t.Errorf("%s: the module refuses what the CLI wrote: %q", registry, problems)
 		}
@@ -204,22 +226,106 @@ func TestModuleWritesTheRegistryTheCLIReads(t *testing.T) {
 	}
 }
 
-func TestModuleRefusesANewerRegistry(t *testing.T) {
+// What the CLI refuses, the module refuses: a newer version, a role in a
+// version 1 file, a role that is neither pull nor push.
+func TestModuleRefusesWhatTheCLIRefuses(t *testing.T) {
 	dir := t.TempDir()
-	registry := filepath.Join(dir, "clients.toml")
 	key := newKey(t, dir, "k", "")
-	text := "version = 2\n\n[clients.a]\nkey = \"" + key + "\"\nroles = [\"push\"]\n"
-	if err := os.WriteFile(registry, []byte(text), 0o644); err != nil {
+	for _, tc := range []struct{ name, text, problem string }{
+		{"newer", "version = 3\n\n[clients.a]\nkey = \"" + key + "\"\nroles = [\"push\"]\n",
+			"registry version 3 is not one this module reads (1 or 2)"},
+		{"role in version 1", "version = 1\n\n[clients.a]\nkey = \"" + key + "\"\nrole = \"push\"\n",
+			`client "a" has a role, which needs version = 2; the file says version = 1`},
+		{"unknown role", "version = 2\n\n[clients.a]\nkey = \"" + key + "\"\nrole = \"admin\"\n",
+			`the role of client "a" is "admin": use "pull" or "push"`},
+		{"role not a string", "version = 2\n\n[clients.a]\nkey = \"" + key + "\"\nrole = [\"push\"]\n",
+			`the role of client "a" is not a string: use "pull" or "push"`},
+	} {
+		registry := filepath.Join(dir, tc.name+".toml")
+		if err := os.WriteFile(registry, []byte(tc.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, protocol := range []string{"ssh", "nixcache"} {
+			lines, _, problems := moduleRender(t, registry, protocol, nixStore+" --serve")
+			if len(lines) != 0 || len(problems) != 1 || !strings.Contains(problems[0], tc.problem) {
+				t.Errorf("%s: lines %q, problems %q; want no lines and %q", tc.name, lines, problems, tc.problem)
+			}
+		}
+		cmd := exec.Command(nixcache, "clients", "list", "--registry", registry)
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Errorf("%s: nixcache clients list read it:\n%s", tc.name, out)
+		}
+	}
+}
+
+// The server module's inline clients may leave the role out (pull), or
+// give it as the clients.<name>.role option does; what it renders is what
+// the CLI renders for the same clients.
+func TestModuleInlineRoles(t *testing.T) {
+	dir := t.TempDir()
+	keys := map[string]string{}
+	registry := filepath.Join(dir, "clients.toml")
+	for _, c := range []struct{ name, role string }{{"a", "push"}, {"b", "pull"}, {"c", "pull"}} {
+		keys[c.name] = newKey(t, dir, c.name, "")
+		run(t, nixcache, "clients", "add", "--registry", registry, "--key", keys[c.name], "--role", c.role, c.name)
+	}
+	registryNix, err := filepath.Abs("../../nixos/registry.nix")
+	if err != nil {
 		t.Fatal(err)
 	}
-	lines, _, problems := moduleRender(t, registry, nixStore+" --serve")
-	if len(lines) != 0 || len(problems) != 1 || !strings.Contains(problems[0], "registry version 2 is not version 1") {
-		t.Errorf("lines %q, problems %q; want no lines and the version named", lines, problems)
+	const expr = `{ registryNix, a, b, c, command }:
+let
+  r = import (/. + registryNix);
+  m = r.merge [ (r.normalise "inline" {
+    a = { key = a; role = "push"; };
+    b = { key = b; role = "pull"; };
+    c = { key = c; };
+  }) ];
+in {
+  inherit (m) problems;
+  lines = r.authorizedKeys { inherit (m) clients; command = name: "${command} --client ${name}"; };
+  toml = r.toTOML { inherit (m) clients; header = "# rendered by nixos/registry.nix\n"; };
+}`
+	exprFile := filepath.Join(dir, "inline.nix")
+	if err := os.WriteFile(exprFile, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	// The CLI refuses it too.
-	cmd := exec.Command(nixcache, "clients", "list", "--registry", registry)
-	if out, err := cmd.CombinedOutput(); err == nil {
-		t.Errorf("nixcache clients list read a version 2 registry:\n%s", out)
+	out := run(t, "nix-instantiate", "--option", "store", "dummy://", "--eval", "--strict", "--json", exprFile,
+		"--argstr", "registryNix", registryNix, "--argstr", "a", keys["a"], "--argstr", "b", keys["b"], "--argstr", "c", keys["c"],
+		"--argstr", "command", nixcacheProgram+" serve")
+	var v struct {
+		Problems, Lines []string
+		TOML            string
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("decoding %s: %v", out, err)
+	}
+	if len(v.Problems) > 0 {
+		t.Errorf("problems: %q", v.Problems)
+	}
+	// The server module's call names no protocol: the dispatcher's lines.
+	if want := cliLines(t, registry, "nixcache", nixcacheProgram); !slices.Equal(v.Lines, want) {
+		t.Errorf("the module renders\n%s\nthe CLI renders\n%s", strings.Join(v.Lines, "\n"), strings.Join(want, "\n"))
+	}
+	cli, err := os.ReadFile(registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The keys' own comments are dropped by both.
+	_, body, _ := strings.Cut(string(cli), "\n")
+	if v.TOML != moduleHeader+body {
+		t.Errorf("the module writes\n%s\nthe CLI writes\n%s", v.TOML, cli)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
