@@ -168,9 +168,14 @@ func BuildClosure(env *harness.Env, state, nixcache, secretKey string, n, mb int
 // Key makes the bench's signing key under state once and returns the
 // secret key file and the public key.
 func Key(env *harness.Env, state, nixcache string) (secret, public string, err error) {
-	secret = filepath.Join(state, "secret-key")
+	return NamedKey(env, filepath.Join(state, "secret-key"), "nixcache-bench-substitute-1", nixcache)
+}
+
+// NamedKey makes a signing key called name in the file secret once, and
+// returns the file and the public key.
+func NamedKey(env *harness.Env, secret, name, nixcache string) (string, string, error) {
 	if _, err := os.Stat(secret); os.IsNotExist(err) {
-		if r := harness.Run(env.Environ(), nixcache, "keygen", "--name", "nixcache-bench-substitute-1", "--secret-key-file", secret); r.Err != nil {
+		if r := harness.Run(env.Environ(), nixcache, "keygen", "--name", name, "--secret-key-file", secret); r.Err != nil {
 			return "", "", r.Err
 		}
 	}
