@@ -160,5 +160,7 @@ func (h *Handler) missing(w http.ResponseWriter, r *http.Request, rec *audit.Rec
 		}
 		b.WriteString(p + "\n")
 	}
-	reply(w, r, "text/plain; charset=utf-8", b.String())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
+	w.Write(b.Bytes())
 }
