@@ -1,6 +1,8 @@
 # The whole cache in three VMs: `server` runs services.nixcache.server,
-# `client` is registered and substitutes from it, `outsider` runs the same
-# client module but is not registered. Keys under ./test-keys are TEST ONLY.
+# `client` is registered and substitutes from it (and, in its `push`
+# specialisation, logs in with a second key whose role is push and
+# uploads), `outsider` runs the same client module but is not registered.
+# Keys under ./test-keys are TEST ONLY.
 #
 # Used by the flake: pkgs.testers.runNixOSTest (import ./vm-cache.nix { inherit pkgs nixcacheModule; })
 { pkgs, nixcacheModule }:
@@ -15,6 +17,15 @@ let
   rotatedKeyName = lib.head (lib.splitString ":" rotatedPublicKey);
   hostKey = lib.fileContents ./test-keys/host_ed25519.pub;
 
+  # The client's second key, registered on the server with the role push;
+  # the client logs in with it in its `push` specialisation.
+  pushKeyFile = "/var/lib/nixcache/client/push_ed25519";
+  pushClient = {
+    key = lib.fileContents ./test-keys/pusher_ed25519.pub;
+    role = "push";
+    comment = "TEST-ONLY nixcache VM test pusher";
+  };
+
   # A tiny derivation that needs no nixpkgs: `nix-build this --argstr name X`.
   testDerivation = pkgs.writeText "nixcache-test-derivation.nix" ''
     { name }:
@@ -23,6 +34,26 @@ let
       system = builtins.currentSystem;
       builder = "/bin/sh";
       args = [ "-c" "echo ''${name} > $out" ];
+    }
+  '';
+
+  # A path with a reference, for `nixcache push --recursive`:
+  # `nix-build this --argstr name X` builds X, which names X-dep.
+  closureDerivation = pkgs.writeText "nixcache-test-closure.nix" ''
+    { name }:
+    let
+      dep = derivation {
+        name = "''${name}-dep";
+        system = builtins.currentSystem;
+        builder = "/bin/sh";
+        args = [ "-c" "echo ''${name} > $out" ];
+      };
+    in
+    derivation {
+      inherit name;
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      args = [ "-c" "echo ''${dep} > $out" ];
     }
   '';
 
@@ -53,6 +84,7 @@ in
     # In each system's closure, so the store in the VM has it registered and
     # rooted: a garbage collection would remove it otherwise.
     environment.etc."nixcache-test/derivation.nix".source = testDerivation;
+    environment.etc."nixcache-test/closure.nix".source = closureDerivation;
     nix.settings.experimental-features = [ "nix-command" ];
     # The paths under test come from the cache or from local builds, never
     # from cache.nixos.org, which the VMs cannot reach: make that fail at
@@ -71,6 +103,7 @@ in
         # Only the path unit (or an explicit start) signs during the test,
         # so each story shows which of them did.
         signInterval = "1h";
+        clients.pusher = pushClient;
       };
       # A pinned, TEST-ONLY host key; a real server generates its own.
       services.openssh.hostKeys = [
@@ -92,6 +125,9 @@ in
       # Rotation: the new key signs, the old one too, until clients moved.
       specialisation.rotated.configuration.services.nixcache.server = rotation;
 
+      # Only the closures of the roots, through the channel alone.
+      specialisation.published.configuration.services.nixcache.server.publishMode = "published";
+
       # Then `nixcache clients remove client`, and a rebuild.
       specialisation.revoked.configuration.services.nixcache.server = rotation // {
         registryFile = lib.mkForce ./registry-revoked.toml;
@@ -103,10 +139,16 @@ in
       # The registered TEST-ONLY key, in place before the key unit looks.
       system.activationScripts.nixcacheTestKey = ''
         install -D -m 0600 ${./test-keys/client_ed25519} /var/lib/nixcache/client/ssh_ed25519
+        install -D -m 0600 ${./test-keys/pusher_ed25519} ${pushKeyFile}
       '';
       # Nix fetches from the local substituter, which holds one SSH
       # connection to the cache.
       specialisation.channel.configuration.services.nixcache.client.protocol = "nixcache";
+      # The same, with the key whose role is push: root uploads through it.
+      specialisation.push.configuration.services.nixcache.client = {
+        protocol = "nixcache";
+        sshKeyFile = pushKeyFile;
+      };
     };
 
     # Same module, own key generated at boot, never registered. Under /root,
@@ -127,8 +169,19 @@ in
       local = "http://127.0.0.1:${toString cli.substituterPort}";
       outsiderKey = nodes.outsider.services.nixcache.client.sshKeyFile;
       gcRoots = srv.gcRootsDir;
+      # The push client is the server's inline one with role push; the pull
+      # client is the registry file's entry for the client's first key.
+      pushName = lib.head (lib.attrNames (lib.filterAttrs (_: c: c.role == "push") srv.clients));
+      clientKeyBlob = lib.elemAt (lib.splitString " " (lib.fileContents ./test-keys/client_ed25519.pub)) 1;
+      pullName = lib.head (
+        lib.attrNames (
+          lib.filterAttrs (_: c: lib.hasInfix clientKeyBlob c.key) (builtins.fromTOML (builtins.readFile srv.registryFile)).clients
+        )
+      );
+      pushedRoots = "${gcRoots}/pushed/${pushName}";
     in
     ''
+      import json
       import shlex
 
       cache = "${cli.protocol}://${cli.user}@${cli.host}"
@@ -160,6 +213,36 @@ in
           server.succeed(f"echo {export} | base64 -d | nix-store --import")
           name = path.split("-", 1)[1]
           server.succeed(f"nix-store --add-root ${gcRoots}/{name} --realise {path}")
+
+
+      def switch(machine, specialisation=None):
+          """Switch machine to a specialisation, or back to its own configuration."""
+          top = f"/run/booted-system/specialisation/{specialisation}" if specialisation else "/run/booted-system"
+          machine.succeed(f"{top}/bin/switch-to-configuration test >&2")
+
+
+      def substituter_up():
+          """The client's substituter (re)started, logged in, answering."""
+          client.succeed("systemctl restart nixcache-substituter.service")
+          client.wait_for_unit("nixcache-substituter.service")
+          client.wait_until_succeeds("curl -sf ${local}/nix-cache-info", timeout=60)
+
+
+      def hash_part(path):
+          return path.split("/")[-1].split("-")[0]
+
+
+      def audit_records():
+          """The audit log's records: the publisher's JSON lines in its journal."""
+          records = []
+          for line in server.succeed("journalctl -u nixcache-publisher -o cat").splitlines():
+              try:
+                  record = json.loads(line)
+              except ValueError:
+                  continue
+              if isinstance(record, dict):
+                  records.append(record)
+          return records
 
 
       def built_on_client_then_forgotten(name):
@@ -243,9 +326,82 @@ in
           trust = f"--option extra-trusted-public-keys {shlex.quote(boot_key)}"
           client.wait_until_succeeds(f"nix-store --realise {through} {trust} --option narinfo-cache-negative-ttl 0", timeout=60)
           client.succeed(f"nix store verify --sigs-needed 1 {trust} {through}")
-          # Back to ssh://, for the stories that follow; the substituter stops.
-          client.succeed("/run/booted-system/bin/switch-to-configuration test >&2")
-          client.fail("systemctl is-active nixcache-substituter.service")
+
+      with subtest("a pull key's upload is refused, and nothing changes on the server"):
+          # Still the channel specialisation: the client's first key, role pull.
+          refused = build(client, "refused-upload")
+          status, out = client.execute(f"nixcache push --to ${local} {refused} 2>&1")
+          assert status != 0 and "403" in out, out
+          status, out = client.execute(f"nix copy --to ${local} {refused} 2>&1")
+          assert status != 0, out
+          server.fail(f"nix-store --check-validity {refused}")
+          server.fail("test -e ${gcRoots}/pushed/${pullName}")
+
+      with subtest("a push key uploads a closure and a nix copy; the cache signs, imports and publishes them"):
+          switch(client, "push")
+          substituter_up()
+          pushed = client.succeed("nix-build /etc/nixcache-test/closure.nix --argstr name pushed --no-out-link").strip()
+          dep = client.succeed(f"nix-store --query --references {pushed}").strip()
+          assert dep.endswith("-pushed-dep"), dep
+          client.succeed(f"nixcache push --to ${local} --recursive {pushed} >&2")
+          copied_up = build(client, "nix-copied")
+          client.succeed(f"nix copy --to '${local}?compression=zstd' {copied_up} >&2")
+          for path in [pushed, dep, copied_up]:
+              server.succeed(f"nix-store --check-validity {path}")
+              assert "${srv.keyName}:" in sigs(server, path), sigs(server, path)
+              # Published: rooted under the client's own directory.
+              target = server.succeed(f"readlink ${pushedRoots}/{path.split('/')[-1]}").strip()
+              assert target == path, target
+          # Pushing again proves nothing new and changes nothing.
+          client.succeed(f"nixcache push --to ${local} --recursive {pushed} >&2")
+
+      with subtest("a pull client substitutes what was pushed, signed by the cache key"):
+          switch(client, "channel")
+          substituter_up()
+          client.succeed(f"nix-store --delete {pushed} {dep} {copied_up}")
+          trust = f"--option extra-trusted-public-keys {shlex.quote(boot_key)}"
+          client.wait_until_succeeds(f"nix-store --realise {pushed} {copied_up} {trust} --option narinfo-cache-negative-ttl 0", timeout=60)
+          for path in [pushed, dep, copied_up]:
+              assert "${srv.keyName}:" in sigs(client, path), sigs(client, path)
+          client.succeed(f"nix store verify --sigs-needed 1 {trust} {pushed} {dep} {copied_up}")
+
+      with subtest("published mode: an unpublished path is not found; published ones are; nix-store --serve is refused"):
+          # In mode all, ssh:// reads any valid path.
+          client.succeed(f"nix path-info --store {cache} {built}")
+          switch(server, "published")
+          hidden = build(server, "not-published")  # signed by the daemon as it builds
+          assert "${srv.keyName}:" in sigs(server, hidden)
+          # A session runs the ForceCommand of the sshd that accepted its
+          # connection: the substituter's connection predates the switch.
+          substituter_up()
+          code = client.succeed(f"curl -s -o /dev/null -w '%{{http_code}}' ${local}/{hash_part(hidden)}.narinfo")
+          assert code == "404", code
+          status, out = substitute(client, hidden, trust=boot_key)
+          assert status != 0, out
+          client.fail(f"nix-store --check-validity {hidden}")
+          # Rooted by the admin, and pushed: still served.
+          for path in [built, pushed]:
+              client.succeed(f"curl -sf ${local}/{hash_part(path)}.narinfo")
+          client.fail(f"nix path-info --store {cache} {built}")
+          switch(server)
+
+      with subtest("the audit log shows the push, the pull and the refusals"):
+          records = audit_records()
+          def logged(**want):
+              return any(all(r.get(k) == v for k, v in want.items()) for r in records)
+          for path in [pushed, dep, copied_up]:
+              assert logged(client="${pushName}", role="push", op="upload", path=path, status=201), (path, records)
+          assert logged(client="${pullName}", role="pull", op="nar", path=pushed, status=200), records
+          assert logged(client="${pullName}", op="refused", request="upload", status=403), records
+          assert logged(client="${pullName}", op="refused", request="nix-store --serve"), records
+          summary = server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit -")
+          assert "${pushName}" in summary and "${pullName}" in summary, summary
+          mine = server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit - --client ${pushName}")
+          assert "${pushName}" in mine, mine
+
+      # Back to ssh://, for the stories that follow; the substituter stops.
+      switch(client)
+      client.fail("systemctl is-active nixcache-substituter.service")
 
       with subtest("the outsider is refused"):
           outsider.wait_for_unit("nixcache-client-key.service")
