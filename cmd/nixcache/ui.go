@@ -17,6 +17,7 @@ import (
 
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/onboard"
+	"github.com/nixcache/nixcache/internal/push"
 	"github.com/nixcache/nixcache/internal/signing"
 	"github.com/nixcache/nixcache/internal/sshconf"
 )
@@ -145,6 +146,32 @@ func (p *progress) update(done, total int) {
 		p.shown = true
 		fmt.Fprintf(p.w, "\rnixcache: %s %d/%d", p.label, done, total)
 	}
+}
+
+// show prints text as the counter line, for counters that are more than
+// done/total (push's paths and MiB); like update, at most five times a
+// second unless final, and safe from several goroutines.
+func (p *progress) show(text string, final bool) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond || final {
+		p.last = now
+		p.shown = true
+		fmt.Fprintf(p.w, "\r\033[Knixcache: %s", text)
+	}
+}
+
+// pushed reports a push: each path not pushed and why, on standard error,
+// then the counts.
+func (u *ui) pushed(res push.Result) {
+	for _, f := range res.Failed {
+		fmt.Fprintf(u.stderr, "nixcache: not pushed: %s: %s\n", f.Path, printable(f.Error))
+	}
+	fmt.Fprintf(u.stdout, "pushed %d (%.1f MiB in %.1f s), already in the cache %d, failed %d\n",
+		len(res.Pushed), float64(res.Bytes)/(1<<20), res.Seconds, len(res.Skipped), len(res.Failed))
 }
 
 // clear removes the counter line before the final output.
