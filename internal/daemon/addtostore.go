@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/wire"
 )
 
@@ -186,7 +187,7 @@ func checkNarEnd(nar io.Reader, h hash.Hash, info *PathInfo) error {
 	}
 	if got := h.Sum(nil); !bytes.Equal(got, info.NarHash) {
 		return &NarMismatchError{fmt.Sprintf("the NAR's hash is sha256:%s, not the sha256:%s it was sent with",
-			hex.EncodeToString(got), hex.EncodeToString(info.NarHash))}
+			nixbase32.EncodeToString(got), nixbase32.EncodeToString(info.NarHash))}
 	}
 	return nil
 }

@@ -143,7 +143,7 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 	case errors.As(err, &readErr):
 		p.logf("upload of %s by %s cut short: %v", c.Path, name, readErr)
 		return fail(http.StatusBadRequest, "the upload of %s was cut short: %v", c.Path, readErr.Err)
-	case errors.As(err, &remote) && strings.Contains(remote.Message, "lacks a signature by a trusted key"):
+	case errors.As(err, &remote) && lacksTrustedSignature(remote.Message):
 		p.logf("the Nix daemon refused %s signed by the cache's key %s: add %s to trusted-public-keys (or the key file to secret-key-files) in the server's nix.conf and restart nix-daemon",
 			c.Path, p.cfg.Key.Name(), p.cfg.Key.Public().String())
 		return fail(http.StatusInternalServerError, "the cache's Nix daemon does not trust the cache's key; the admin's fix is in the publisher's log")
@@ -190,6 +190,13 @@ func (p *Publisher) already(conn *daemon.Conn, client string, c *claim, have *da
 		return fail(http.StatusUnprocessableEntity, "the NAR does not match the narinfo of %s", c.Path)
 	}
 	return fail(http.StatusConflict, "%s is valid on the cache with another NAR (sha256:%s)", c.Path, nixbase32.EncodeToString(have.NarHash))
+}
+
+// lacksTrustedSignature recognises the daemon's refusal of a path no key it
+// trusts has signed: "lacks a valid signature" (Nix 2.4 to 2.19), "lacks a
+// signature by a trusted key" (later).
+func lacksTrustedSignature(msg string) bool {
+	return strings.Contains(msg, "lacks a valid signature") || strings.Contains(msg, "lacks a signature by a trusted key")
 }
 
 // failed is a 500 or 503 whose details go to the log only.
