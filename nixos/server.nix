@@ -376,12 +376,14 @@ in
     };
 
     maxNarSize = lib.mkOption {
-      type = lib.types.strMatching "[0-9]+[KMGT]?";
+      # As the CLI reads sizes (K, M, G: powers of 1024); 0 would refuse
+      # every upload.
+      type = lib.types.strMatching "[1-9][0-9]*[KMG]?";
       default = "4G";
       example = "512M";
       description = ''
-        The largest NAR a push client may upload, in bytes or with a K, M,
-        G or T suffix (powers of 1024). Checked against the narinfo before
+        The largest NAR a push client may upload, in bytes or with a K, M
+        or G suffix (powers of 1024). Checked against the narinfo before
         the NAR is read, and again while it streams.
       '';
     };

@@ -394,10 +394,13 @@ in
           assert logged(client="${pullName}", role="pull", op="nar", path=pushed, status=200), records
           assert logged(client="${pullName}", op="refused", request="upload", status=403), records
           assert logged(client="${pullName}", op="refused", request="nix-store --serve"), records
-          summary = server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit -")
-          assert "${pushName}" in summary and "${pullName}" in summary, summary
-          mine = server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit - --client ${pushName}")
-          assert "${pushName}" in mine, mine
+          # The summary, per client, skipping the publisher's other lines.
+          server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit - >&2")
+          summary = {c["client"]: c for c in json.loads(server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit - --json"))}
+          assert summary["${pushName}"]["uploads"] >= 3 and summary["${pushName}"]["bytes_received"] > 0, summary
+          assert summary["${pullName}"]["refusals"] >= 2 and summary["${pullName}"]["bytes_sent"] > 0, summary
+          mine = json.loads(server.succeed("journalctl -u nixcache-publisher -o cat | nixcache audit - --client ${pushName} --json"))
+          assert [c["client"] for c in mine] == ["${pushName}"], mine
 
       # Back to ssh://, for the stories that follow; the substituter stops.
       switch(client)
