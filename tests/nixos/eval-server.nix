@@ -598,8 +598,15 @@ in
       "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/chown nixcache-publisher:nixcache-publisher -- /var/log/nixcache/audit.log"
       "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/chmod 0640 -- /var/log/nixcache/audit.log"
     ]
-    ++ expect.throws "maxNarSize = \"lots\" is refused" (withClient { maxNarSize = "lots"; })
-      .systemd.services.nixcache-publisher.serviceConfig.ExecStart;
+    ++ lib.concatMap (
+      size:
+      expect.throws "maxNarSize = \"${size}\" is refused" (withClient { maxNarSize = size; })
+      .systemd.services.nixcache-publisher.serviceConfig.ExecStart
+    ) [
+      "lots"
+      "0"
+      "1T"
+    ];
 
   "server: refuses an audit log it cannot write or name" =
     expect.refused (withClient { auditLog = "audit.log"; }) [ "auditLog = \"audit.log\" must be the absolute path of a file" ]
