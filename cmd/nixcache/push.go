@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -97,15 +99,25 @@ func pushHints(err error, failed []push.Failure) error {
 	if errors.As(err, &missing) {
 		hints = append(hints, "push them too, with --recursive (it skips what the cache has)")
 	}
-	forbidden, unreachable := false, false
+	forbidden, localUser, unreachable := false, false, false
 	for _, e := range errs {
 		var se *push.StatusError
-		forbidden = forbidden || errors.As(e, &se) && se.Status == 403
+		if errors.As(e, &se) && se.Status == http.StatusForbidden {
+			// The substituter's own refusals name it; the cache's do not.
+			if strings.HasPrefix(se.Message, "nixcache substituter:") {
+				localUser = true
+			} else {
+				forbidden = true
+			}
+		}
 		var ue *push.UnreachableError
 		unreachable = unreachable || errors.As(e, &ue)
 	}
 	if forbidden {
 		hints = append(hints, "this client's key has the pull role: ask the cache's admin for `nixcache clients set-role NAME push`")
+	}
+	if localUser {
+		hints = append(hints, "run push as root, or as a user the substituter is started for with --upload-user USER")
 	}
 	if unreachable {
 		hints = append(hints, "is `nixcache client substituter` running? see docs/client.md")

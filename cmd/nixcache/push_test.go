@@ -82,3 +82,30 @@ func TestPushForbiddenHintAndJSON(t *testing.T) {
 		t.Errorf("--json: no hint on stderr:\n%s", stderr.String())
 	}
 }
+
+// The substituter's own refusal (a user that may not upload through it) is
+// not the cache's: the hint says how to run push, not whom to ask.
+func TestPushRefusedBySubstituterHint(t *testing.T) {
+	cl, err := env.Build(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/nixcache-missing" {
+			io.Copy(w, r.Body)
+			return
+		}
+		http.Error(w, "nixcache substituter: uploads through this substituter are for root and --upload-user users; uid 1000 is neither", http.StatusForbidden)
+	}))
+	defer srv.Close()
+	t.Setenv("NIX_DAEMON_SOCKET_PATH", env.Socket)
+	t.Setenv("NIXCACHE_CONFIG", "")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"nixcache", "push", "--to", srv.URL, cl.Top}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "hint: run push as root, or as a user the substituter is started for with --upload-user USER") ||
+		strings.Contains(stderr.String(), "set-role") {
+		t.Errorf("stderr:\n%s", stderr.String())
+	}
+}
