@@ -331,7 +331,7 @@ in
           # Still the channel specialisation: the client's first key, role pull.
           refused = build(client, "refused-upload")
           status, out = client.execute(f"nixcache push --to ${local} {refused} 2>&1")
-          assert status != 0 and "403" in out, out
+          assert status != 0 and "403" in out and "pull" in out, out
           status, out = client.execute(f"nix copy --to ${local} {refused} 2>&1")
           assert status != 0, out
           server.fail(f"nix-store --check-validity {refused}")
@@ -354,6 +354,11 @@ in
               assert target == path, target
           # Pushing again proves nothing new and changes nothing.
           client.succeed(f"nixcache push --to ${local} --recursive {pushed} >&2")
+          # Root uploads; a local user not in uploadUsers does not.
+          theirs = build(client, "not-roots")
+          status, out = client.execute(f"runuser -u nobody -- nixcache push --to ${local} {theirs} 2>&1")
+          assert status != 0 and "403" in out, out
+          server.fail(f"nix-store --check-validity {theirs}")
 
       with subtest("a pull client substitutes what was pushed, signed by the cache key"):
           switch(client, "channel")
