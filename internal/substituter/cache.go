@@ -89,6 +89,16 @@ func (c *narinfoCache) put(hash string, body []byte) {
 	}
 }
 
+// forget drops the answer for hash: the path was just uploaded, so a
+// remembered 404 is wrong now.
+func (c *narinfoCache) forget(hash string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[hash]; ok {
+		c.remove(el)
+	}
+}
+
 func (c *narinfoCache) remove(el *list.Element) {
 	e := c.order.Remove(el).(*cachedNarinfo)
 	delete(c.entries, e.hash)

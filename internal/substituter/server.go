@@ -31,6 +31,12 @@ type Options struct {
 	// PositiveTTL and NegativeTTL are how long narinfo answers are kept,
 	// as Nix's narinfo-cache-positive-ttl and narinfo-cache-negative-ttl.
 	PositiveTTL, NegativeTTL time.Duration
+	// UploadUIDs are the users besides root whose uploads are taken
+	// (--upload-user).
+	UploadUIDs []uint32
+	// UploadBytes bounds the NAR files Nix's HTTP store uploads that wait
+	// on disk for their narinfos.
+	UploadBytes int64
 	// Logf reports what Nix is not told: connection changes and errors.
 	Logf func(format string, args ...any)
 }
@@ -61,9 +67,14 @@ type Server struct {
 	// local user can start them and never read) must not starve the
 	// narinfo lookups Nix waits on.
 	small, nars *http.Client
+	// uploads carries uploads and missing queries, on channels that count
+	// against the NARs' budget but never take all of it: Nix keeps
+	// substituting during a push.
+	uploads     *http.Client
 	opt         Options
 	narinfos    *narinfoCache
 	spool       *spool
+	uploadSpool *uploadSpool
 	// narinfoTimeout is narinfoTimeout; tests shorten it.
 	narinfoTimeout time.Duration
 	ctx            context.Context
@@ -119,29 +130,52 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 	if opt.NegativeTTL == 0 {
 		opt.NegativeTTL = DefaultNegativeTTL
 	}
+	if opt.UploadBytes == 0 {
+		opt.UploadBytes = DefaultUploadBytes
+	}
 	if opt.Logf == nil {
 		opt.Logf = func(string, ...any) {}
 	}
-	channels := func(n int) *http.Client {
+	var s *Server
+	// The NARs' channels, and the uploads', are dialled within one budget;
+	// when it is spent, the other kind's idle channels make room.
+	narChannels := max(1, opt.Channels-narinfoChannels(opt.Channels))
+	budget := newChannelBudget(narChannels)
+	channels := func(n int, dial func(context.Context) (net.Conn, error), headerTimeout time.Duration) *http.Client {
 		return &http.Client{Transport: &http.Transport{
-			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return up.openChannel(ctx) },
+			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 			MaxConnsPerHost:     n,
 			MaxIdleConnsPerHost: n,
 			IdleConnTimeout:     time.Minute,
 			// Accept-Encoding is set by hand, for NARs only (narBody).
 			DisableCompression:    true,
-			ResponseHeaderTimeout: 30 * time.Second,
+			ResponseHeaderTimeout: headerTimeout,
 		}}
 	}
-	small := channels(narinfoChannels(opt.Channels))
+	narDial := func(ctx context.Context) (net.Conn, error) {
+		return budget.dial(ctx, up, func() { s.uploads.CloseIdleConnections() })
+	}
+	small := channels(narinfoChannels(opt.Channels), up.openChannel, 30*time.Second)
 	nars := small
 	if opt.Channels > 1 {
-		nars = channels(opt.Channels - narinfoChannels(opt.Channels))
+		nars = channels(narChannels, narDial, 30*time.Second)
+	} else {
+		// One channel: narinfos, NARs and uploads take turns on it.
+		small = channels(1, narDial, 30*time.Second)
+		nars = small
 	}
-	s := &Server{
+	// All the NAR channels but one: Nix's downloads always find one. No
+	// bound on waiting for the answer: the cache answers an upload once
+	// the daemon has imported it, which takes what it takes; a dead
+	// connection is noticed by the keepalives.
+	uploads := channels(max(1, narChannels-1), func(ctx context.Context) (net.Conn, error) {
+		return budget.dial(ctx, up, func() { s.nars.CloseIdleConnections() })
+	}, 0)
+	s = &Server{
 		up:             up,
 		small:          small,
 		nars:           nars,
+		uploads:        uploads,
 		opt:            opt,
 		narinfos:       newNarinfoCache(opt.PositiveTTL, opt.NegativeTTL, narinfoCacheBytes),
 		narinfoTimeout: narinfoTimeout,
@@ -157,10 +191,19 @@ func NewServer(up *Upstream, opt Options) (*Server, error) {
 		}
 		s.spool = newSpool(dir, opt.SpoolBytes)
 	}
+	dir, err := uploadDir(opt.SpoolDir)
+	if err != nil {
+		if s.spool != nil {
+			os.RemoveAll(s.spool.dir)
+		}
+		return nil, fmt.Errorf("making the upload directory: %w", err)
+	}
+	s.uploadSpool = newUploadSpool(dir, opt.UploadBytes)
 	up.mu.Lock()
 	up.onUp = func() {
 		small.CloseIdleConnections()
 		nars.CloseIdleConnections()
+		uploads.CloseIdleConnections()
 	}
 	up.mu.Unlock()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -185,21 +228,24 @@ func (s *Server) goWork(f func()) {
 	}()
 }
 
-// Close stops the prefetchers and deletes the spool.
+// Close stops the prefetchers and deletes the spools.
 func (s *Server) Close() error {
 	s.cancel()
 	s.workers.Wait()
 	s.small.CloseIdleConnections()
 	s.nars.CloseIdleConnections()
+	s.uploads.CloseIdleConnections()
+	err := s.uploadSpool.removeAll()
 	if s.spool != nil {
-		return os.RemoveAll(s.spool.dir)
+		err = errors.Join(err, os.RemoveAll(s.spool.dir))
 	}
-	return nil
+	return err
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
+	write := r.Method == http.MethodPut || r.Method == http.MethodPost
+	if !write && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD, PUT, POST")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
@@ -214,8 +260,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "nixcache substituter: answers Nix, not web pages", http.StatusForbidden)
 		return
 	}
+	if write {
+		s.serveWrite(w, r)
+		return
+	}
 	req, ok := parseRequest(r.URL.Path)
 	if !ok || r.URL.RawQuery != "" {
+		if file, isNAR := strings.CutPrefix(r.URL.Path, "/nar/"); isNAR && r.URL.RawQuery == "" && s.headUploadedNAR(w, r, file) {
+			return
+		}
 		http.NotFound(w, r)
 		return
 	}

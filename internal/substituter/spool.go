@@ -237,3 +237,11 @@ func spoolDir(parent string) (string, error) {
 	}
 	return os.MkdirTemp(parent, "nixcache-substituter-")
 }
+
+// uploadDir makes a private directory for one run's uploads under parent.
+func uploadDir(parent string) (string, error) {
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(parent, "nixcache-uploads-")
+}

@@ -56,6 +56,9 @@ type cacheFiles struct {
 	inflate int64
 	// asked is every path requested, in order.
 	asked []string
+	// writes answers PUTs and POSTs (uploads, missing queries); nil
+	// refuses them.
+	writes http.Handler
 }
 
 func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -65,6 +68,16 @@ func (f *cacheFiles) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	f.asked = append(f.asked, r.Method+" "+r.URL.RequestURI())
+	if r.Method == http.MethodPut || r.Method == http.MethodPost {
+		writes := f.writes
+		f.mu.Unlock()
+		if writes == nil {
+			http.Error(w, "this cache takes no uploads", http.StatusMethodNotAllowed)
+			return
+		}
+		writes.ServeHTTP(w, r)
+		return
+	}
 	body, small := f.small[r.URL.Path]
 	size, isNAR := f.nars[r.URL.Path]
 	if hash, ok := strings.CutPrefix(r.URL.Path, binarycache.ClosurePrefix); ok {
