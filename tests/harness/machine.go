@@ -214,3 +214,15 @@ func (s *Substituter) Log() string {
 	b, _ := os.ReadFile(s.logPath)
 	return string(b)
 }
+
+// StoreURI names the machine's store for a Nix command's --from or
+// --store: the daemon, with the chroot's root if it has one. Nix's client
+// reads the NARs of a daemon's store straight from the file system (its
+// daemon store is a local one too), so it must be told where the chroot
+// store's files are, as on a real machine it finds them in /nix/store.
+func (m *Machine) StoreURI() string {
+	if m.Store == "" {
+		return "daemon"
+	}
+	return "daemon?root=" + m.Store
+}
