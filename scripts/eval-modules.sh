@@ -68,7 +68,7 @@ effective() { "$sshd" -T -f "${2:-$tmp/sshd_config}" -C "user=$1,host=client,add
 for_cache=$(effective nix-ssh) for_others=$(effective alice)
 forced=$(sed -n 's/^forcecommand //p' <<<"$for_cache")
 nix=/nix/store/00000000000000000000000000000000-nix-2.34.6/bin
-for want in "forcecommand /nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache serve --registry /etc/nixcache/clients.toml --nix-store $nix/nix-store --nix-daemon $nix/nix-daemon" \
+for want in "forcecommand /nix/store/00000000000000000000000000000000-nixcache-0.1.0/bin/nixcache serve --registry /etc/nixcache/clients.toml --nix-store $nix/nix-store --nix-daemon $nix/nix-daemon --publisher /run/nixcache/publisher.sock --publish-mode all --roots /nix/var/nix/gcroots/nixcache" \
   "exposeauthinfo yes" "permittty no" "allowtcpforwarding no" "allowagentforwarding no" "x11forwarding no" \
   "permittunnel no" "permituserrc no" "authenticationmethods publickey" "maxsessions 10" "maxstartups 64:30:256"; do
   grep -qx "$want" <<<"$for_cache" || { echo "sshd -T for nix-ssh lacks '$want'" >&2; exit 1; }

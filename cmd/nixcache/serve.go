@@ -98,12 +98,22 @@ EXAMPLES:
 				return errUsage{fmt.Errorf("--publish-mode is all or published, not %q", m)}
 			}
 			var pub *publisherClient
-			refuse := func(client, key, request string, err error) error {
-				if pub != nil {
-					pub.client, pub.keyHash = client, key
-					// Best effort: the refusal stands whether or not it is logged.
-					pub.Audit(audit.Record{Time: time.Now().UTC(), Client: client, Key: key, Op: audit.OpRefused, Request: request, Status: http.StatusForbidden})
+			var client *registry.Client
+			// logSession writes the one record of a session nixcache does not
+			// serve itself: a refusal, or a Nix program it hands the channel to.
+			logSession := func(key, op, request string, status int) error {
+				if pub == nil {
+					return nil
 				}
+				rec := audit.Record{Time: time.Now().UTC(), Key: key, Op: op, Request: request, Status: status}
+				if client != nil {
+					rec.Client, rec.Role = client.Name, string(effectiveRole(client.Role, ceiling))
+				}
+				return pub.Audit(rec)
+			}
+			refuse := func(key, request string, err error) error {
+				// Best effort: the refusal stands whether or not it is logged.
+				logSession(key, audit.OpRefused, request, http.StatusForbidden)
 				return err
 			}
 			if socket := c.String("publisher"); socket != "" {
@@ -111,10 +121,10 @@ EXAMPLES:
 			}
 			client, key, err := loginClient(path, c.String("client"))
 			if err != nil {
-				return refuse("", key, "login", err)
+				return refuse(key, "login", err)
 			}
 			if pub != nil {
-				pub.client, pub.keyHash = client.Name, client.Fingerprint()
+				pub.client, pub.keyHash = client.Name, key
 			}
 			args := strings.Fields(original)
 			switch {
@@ -128,22 +138,29 @@ EXAMPLES:
 				})
 			case len(args) >= 2 && filepath.Base(args[0]) == "nix-store" && args[1] == "--serve":
 				if published {
-					return refuse(client.Name, client.Fingerprint(), "nix-store --serve",
+					return refuse(key, "nix-store --serve",
 						fmt.Errorf("client %s asked for nix-store --serve (ssh://), which this cache does not serve in published mode: use the channel (protocol nixcache)", client.Name))
+				}
+				// What is not logged is not served.
+				if err := logSession(key, audit.OpSession, "nix-store --serve", http.StatusOK); err != nil {
+					return err
 				}
 				return execProgram(c.String("nix-store"), "--serve")
 			case len(args) == 2 && filepath.Base(args[0]) == "nix-daemon" && args[1] == "--stdio":
 				if !c.Bool("allow-ssh-ng") || published {
-					return refuse(client.Name, client.Fingerprint(), "nix-daemon --stdio",
+					return refuse(key, "nix-daemon --stdio",
 						fmt.Errorf("client %s asked for nix-daemon --stdio (ssh-ng://), which this cache does not serve; use ssh:// or the channel", client.Name))
+				}
+				if err := logSession(key, audit.OpSession, "nix-daemon --stdio", http.StatusOK); err != nil {
+					return err
 				}
 				return execProgram(c.String("nix-daemon"), "--stdio")
 			case original == "":
-				return refuse(client.Name, client.Fingerprint(), "shell",
+				return refuse(key, "shell",
 					fmt.Errorf("client %s asked for a shell; the cache account runs no commands", client.Name))
 			default:
 				// The client's own words are not repeated: they are whatever it sent.
-				return refuse(client.Name, client.Fingerprint(), "command",
+				return refuse(key, "command",
 					fmt.Errorf("client %s asked for a command the cache does not serve", client.Name))
 			}
 		},

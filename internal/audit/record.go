@@ -12,6 +12,10 @@ const (
 	OpUpload  = "upload"
 	OpMissing = "missing"
 	OpRefused = "refused"
+	// OpSession is a whole nix-store --serve (or nix-daemon --stdio)
+	// session: nixcache hands the channel to Nix and sees none of its
+	// requests.
+	OpSession = "session"
 )
 
 // Record is one request. Key is the SSH key's fingerprint, never the key.

@@ -46,11 +46,11 @@ func (r Record) Validate() error {
 		return errors.New("the record's time is not between the years 1 and 9999")
 	}
 	switch r.Op {
-	case OpNarinfo, OpNar, OpUpload, OpMissing, OpRefused:
+	case OpNarinfo, OpNar, OpUpload, OpMissing, OpRefused, OpSession:
 	case "":
 		return errors.New("the record has no op")
 	default:
-		return fmt.Errorf("the record's op %q is none of narinfo, nar, upload, missing, refused", clip(r.Op))
+		return fmt.Errorf("the record's op %q is none of narinfo, nar, upload, missing, refused, session", clip(r.Op))
 	}
 	for _, f := range []struct {
 		name, value string
