@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +28,7 @@ func substituterCommand(ui *ui) *cli.Command {
 	return &cli.Command{
 		Name:      "substituter",
 		Usage:     "serve the cache to the local Nix as an HTTP binary cache, over one SSH connection",
-		UsageText: "nixcache client substituter [--cache ssh://USER@HOST[:PORT]] [--listen 127.0.0.1:PORT] [--channels N] [--server-max-sessions N] [--spool-dir DIR] [--spool-bytes SIZE] [--positive-ttl DURATION] [--negative-ttl DURATION] [--ssh-dir DIR | --identity-file FILE --known-hosts-file FILE]",
+		UsageText: "nixcache client substituter [--cache ssh://USER@HOST[:PORT]] [--listen 127.0.0.1:PORT] [--channels N] [--server-max-sessions N] [--spool-dir DIR] [--spool-bytes SIZE] [--positive-ttl DURATION] [--negative-ttl DURATION] [--upload-user NAME]... [--upload-spool-bytes SIZE] [--ssh-dir DIR | --identity-file FILE --known-hosts-file FILE]",
 		Description: `Runs until stopped, as root (it uses the daemon's ssh key): listens on
 loopback and answers Nix's binary-cache HTTP API from the cache, over one SSH
 connection to the cache account made with the files 'nixcache client join'
@@ -61,10 +62,28 @@ What it adds to plain forwarding:
 sessions per connection than its MaxSessions (default 10), so --channels may
 not exceed --server-max-sessions.
 
+Uploads: a client whose key has the push role uploads through it, with
+'nixcache push' or with Nix's own copy:
+
+   nix copy --to 'http://127.0.0.1:37515?compression=zstd' PATH...
+
+Anyone on this machine can reach the port, so uploads (every PUT and POST)
+are taken only from root and from the users named with --upload-user: the
+kernel says whose socket each request comes from; the others get 403. Reads
+stay open to every local user. An upload goes to the cache as the NAR itself,
+compressed on the wire when that pays: tell nix copy ?compression=zstd (fast)
+or ?compression=none, since its default, xz, is slow to make and is undone
+here anyway (xz, zstd, bzip2 and none are read; others are refused). Each NAR
+file nix copy sends waits on disk, in a private file under --spool-dir, until
+its narinfo arrives: at most --upload-spool-bytes of them at once, each for
+at most an hour. Uploads use the NAR channels, never all of them, so Nix
+keeps substituting during a push.
+
 EXAMPLES:
    nixcache client substituter
    nixcache client substituter --cache ssh://nix-ssh@cache.example.org:2222 \
-     --listen 127.0.0.1:8080 --spool-bytes 4G`,
+     --listen 127.0.0.1:8080 --spool-bytes 4G
+   nixcache client substituter --upload-user ci --upload-user alice`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cache", Usage: "the cache's `URL`, ssh://USER@HOST[:PORT] (default: the one cache joined)"},
 			&cli.StringFlag{Name: "listen", Value: defaultListen, Usage: "serve Nix on `ADDR`, a loopback address and port"},
@@ -74,6 +93,8 @@ EXAMPLES:
 			&cli.StringFlag{Name: "spool-bytes", Value: "1G", Usage: "hold at most `SIZE` of prefetched NARs (K, M, G suffixes; 0: prefetch none)"},
 			&cli.DurationFlag{Name: "positive-ttl", Value: substituter.DefaultPositiveTTL, Usage: "keep narinfos found for `DURATION`"},
 			&cli.DurationFlag{Name: "negative-ttl", Value: substituter.DefaultNegativeTTL, Usage: "remember paths not found for `DURATION`"},
+			&cli.StringSliceFlag{Name: "upload-user", Usage: "take uploads from the local user `NAME` too, besides root (repeatable)"},
+			&cli.StringFlag{Name: "upload-spool-bytes", Value: "4G", Usage: "hold at most `SIZE` of NAR files nix copy sent that wait for their narinfos (K, M, G suffixes)"},
 			&cli.StringFlag{Name: "ssh-dir", Usage: "root's ssh `DIR`, where join left the key and host key (default: " + string(sshconf.DefaultDir()) + ")"},
 			&cli.StringFlag{Name: "identity-file", Usage: "log in with the private key in `FILE` (default: join's, in --ssh-dir)"},
 			&cli.StringFlag{Name: "known-hosts-file", Usage: "accept only the host key pinned in `FILE` (default: join's, in --ssh-dir)"},
@@ -131,11 +152,38 @@ func substituterOptions(c *cli.Context) (substituter.Options, string, error) {
 		opt.SpoolBytes = -1
 	}
 	opt.SpoolDir = c.String("spool-dir")
+	if opt.UploadBytes, err = parseSize(c.String("upload-spool-bytes")); err != nil {
+		return opt, "", errUsage{fmt.Errorf("--upload-spool-bytes: %w", err)}
+	}
+	if opt.UploadBytes == 0 {
+		return opt, "", errUsage{withHint(errors.New("--upload-spool-bytes must be more than 0"), "nix copy's NAR files wait there for their narinfos")}
+	}
+	if opt.UploadUIDs, err = uploadUIDs(c.StringSlice("upload-user")); err != nil {
+		return opt, "", err
+	}
 	opt.PositiveTTL, opt.NegativeTTL = c.Duration("positive-ttl"), c.Duration("negative-ttl")
 	if opt.PositiveTTL < 0 || opt.NegativeTTL < 0 {
 		return opt, "", errUsage{errors.New("--positive-ttl and --negative-ttl cannot be negative")}
 	}
 	return opt, listen, nil
+}
+
+// uploadUIDs are the uids of the --upload-user users, looked up now: a
+// name that does not exist is a mistake to report, not a user to ignore.
+func uploadUIDs(names []string) ([]uint32, error) {
+	var uids []uint32
+	for _, name := range names {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return nil, errUsage{withHint(fmt.Errorf("--upload-user %q: no such user", name), "give a local user's name, as in /etc/passwd")}
+		}
+		uid, err := strconv.ParseUint(u.Uid, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--upload-user %q: uid %q is not a number", name, u.Uid)
+		}
+		uids = append(uids, uint32(uid))
+	}
+	return uids, nil
 }
 
 // loopbackOnly refuses an address other machines could reach: the
