@@ -6,9 +6,14 @@
 // small HTTP server, which Nix uses as "http://127.0.0.1:PORT", and which
 // forwards each request over a session channel of a single SSH connection
 // whose exec command is "nixcache-binary-cache": the cache's `nixcache
-// serve` speaks HTTP/1.1 on that channel. Only three shapes of request are
+// serve` speaks HTTP/1.1 on that channel. Only three shapes of read are
 // forwarded (/nix-cache-info, /HASH.narinfo, /nar/HASH-NARHASH.nar), so Nix,
 // or anything else on this machine, can ask the cache for nothing else.
+//
+// Uploads (upload.go, nixstore.go) come from root and the --upload-user
+// users only, as the kernel says whose socket each comes from: `nixcache
+// push`'s requests are relayed as they are, and `nix copy --to
+// http://...`'s NAR file and narinfo PUTs become one upload each.
 //
 // Around the forwarding:
 //
