@@ -58,6 +58,9 @@ type Publisher struct {
 
 	auditMu sync.Mutex
 
+	pathsMu sync.Mutex
+	paths   map[string]*pathLock // uploads in progress, by store path
+
 	regMu   sync.Mutex
 	regSeen os.FileInfo
 	reg     *registry.Registry

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -109,6 +110,10 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 		}
 	}
 
+	// Uploads of one path take turns: the second finds the first's path
+	// valid and proves possession (200) instead of importing it again.
+	defer p.lockPath(c.Path)()
+
 	// 5. A valid path: prove possession, or refuse another NAR.
 	if err := conn.AddTempRoot(c.Path); err != nil {
 		return p.failed(c.Path, name, err)
@@ -150,8 +155,9 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 	case err != nil:
 		return p.failed(c.Path, name, err)
 	}
-	// Two uploads of one path may race: the daemon takes the first and
-	// drops the second's NAR unread. Only the NAR that is valid now counts.
+	// Another process (nix copy on the server, another publisher) may have
+	// added the path meanwhile: the daemon then drops this NAR unread. Only
+	// the NAR that is valid now counts.
 	have, err = conn.QueryPathInfo(c.Path)
 	if err != nil {
 		return p.failed(c.Path, name, err)
@@ -230,6 +236,36 @@ func (p *Publisher) publish(client, path string) error {
 		return err
 	}
 	return nil
+}
+
+// lockPath waits until no other upload of path is in progress here; the
+// returned function lets the next one go.
+func (p *Publisher) lockPath(path string) (unlock func()) {
+	p.pathsMu.Lock()
+	if p.paths == nil {
+		p.paths = map[string]*pathLock{}
+	}
+	l := p.paths[path]
+	if l == nil {
+		l = &pathLock{}
+		p.paths[path] = l
+	}
+	l.waiters++
+	p.pathsMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		p.pathsMu.Lock()
+		if l.waiters--; l.waiters == 0 {
+			delete(p.paths, path)
+		}
+		p.pathsMu.Unlock()
+	}
+}
+
+type pathLock struct {
+	mu      sync.Mutex
+	waiters int // under Publisher.pathsMu
 }
 
 // findClient is the registry's client called name whose key has the
