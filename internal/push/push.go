@@ -115,7 +115,13 @@ func Push(ctx context.Context, opts Options) (Result, error) {
 		opts.Socket = daemon.SocketPath()
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{}
+		// An idle connection for every worker (the default keeps two), and
+		// no proxy: the substituter is on loopback.
+		opts.Client = &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: opts.Jobs,
+			IdleConnTimeout:     30 * time.Second,
+		}}
+		defer opts.Client.CloseIdleConnections()
 	}
 	roots, err := storePaths(opts.Paths)
 	if err != nil {
