@@ -86,9 +86,9 @@ type MissingReferencesError struct {
 }
 
 func (e *MissingReferencesError) Error() string {
-	s := fmt.Sprintf("the cache lacks %d references of %s: %s", len(e.Missing), e.Path, strings.Join(e.Missing[:min(3, len(e.Missing))], ", "))
+	s := fmt.Sprintf("the cache lacks references of %s: %s", e.Path, strings.Join(e.Missing[:min(3, len(e.Missing))], ", "))
 	if len(e.Missing) > 3 {
-		s += ", ..."
+		s += fmt.Sprintf(" and %d more", len(e.Missing)-3)
 	}
 	if e.Others > 0 {
 		s += fmt.Sprintf(" (and %d other paths lack some too)", e.Others)
