@@ -106,6 +106,39 @@ func TestNixCopyThroughTheSubstituter(t *testing.T) {
 	}
 }
 
+// A NAR of megabytes: curl sends it after "Expect: 100-continue", and the
+// substituter compresses it on the wire; the cache gets it whole.
+func TestNixCopyOfALargePath(t *testing.T) {
+	cache := newRecordingCache(t)
+	url, _ := startSubstituter(t, cache)
+	file := filepath.Join(t.TempDir(), "large-"+harness.Nonce())
+	data := make([]byte, 24<<20)
+	for i := range data {
+		data[i] = byte(i / 1000)
+	}
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := harness.Run(env.Environ(), "nix-store", "--add", file)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	path := strings.TrimSpace(r.Stdout)
+	r = harness.Run(env.Environ("XDG_CACHE_HOME="+t.TempDir()), "nix", "copy", "--experimental-features", "nix-command",
+		"--to", url+"?compression=zstd", path)
+	if r.Err != nil {
+		t.Fatalf("nix copy: %v\n%s", r.Err, r.Stderr)
+	}
+	got := cache.received()
+	want := harness.Run(env.Environ(), "nix-store", "--query", "--hash", path)
+	if len(got) != 1 || got[0].path != path || got[0].narHash != strings.TrimSpace(want.Stdout) {
+		t.Fatalf("the cache received %v, want %s with %s", got, path, want.Stdout)
+	}
+	if got[0].encoding != "zstd" {
+		t.Errorf("a NAR that compresses went on the wire as %q, want zstd", got[0].encoding)
+	}
+}
+
 // recordingCache is the cache's end of the channel: it takes uploads,
 // checks each NAR against its narinfo, and serves the paths it took as
 // nixcache serve does.
@@ -120,8 +153,8 @@ type recordingCache struct {
 }
 
 type receivedUpload struct {
-	path, narHash string
-	refs          []string
+	path, narHash, encoding string
+	refs                    []string
 }
 
 func (u receivedUpload) String() string { return u.path }
@@ -253,7 +286,7 @@ func (c *recordingCache) upload(w http.ResponseWriter, r *http.Request, hash str
 		refs = append(refs, "/nix/store/"+ref)
 	}
 	c.mu.Lock()
-	c.uploads = append(c.uploads, receivedUpload{path: fields["StorePath"], narHash: narHash, refs: refs})
+	c.uploads = append(c.uploads, receivedUpload{path: fields["StorePath"], narHash: narHash, encoding: r.Header.Get("Content-Encoding"), refs: refs})
 	c.narinfos[hash] = fmt.Sprintf("StorePath: %s\nURL: nar/%s-%s.nar\nCompression: none\nFileSize: %d\nNarHash: %s\nNarSize: %d\nReferences: %s\n",
 		fields["StorePath"], hash, strings.TrimPrefix(narHash, "sha256:"), size, narHash, size, fields["References"])
 	c.mu.Unlock()
