@@ -101,7 +101,7 @@ EXAMPLES:
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
-			opt, listen, err := substituterOptions(c)
+			opt, listen, err := substituterOptions(c, ui)
 			if err != nil {
 				return err
 			}
@@ -125,7 +125,7 @@ EXAMPLES:
 	}
 }
 
-func substituterOptions(c *cli.Context) (substituter.Options, string, error) {
+func substituterOptions(c *cli.Context, ui *ui) (substituter.Options, string, error) {
 	var opt substituter.Options
 	if c.NArg() > 0 {
 		return opt, "", errUsage{fmt.Errorf("substituter takes no arguments, got %q", c.Args().First())}
@@ -158,9 +158,7 @@ func substituterOptions(c *cli.Context) (substituter.Options, string, error) {
 	if opt.UploadBytes == 0 {
 		return opt, "", errUsage{withHint(errors.New("--upload-spool-bytes must be more than 0"), "nix copy's NAR files wait there for their narinfos")}
 	}
-	if opt.UploadUIDs, err = uploadUIDs(c.StringSlice("upload-user")); err != nil {
-		return opt, "", err
-	}
+	opt.UploadUIDs = uploadUIDs(ui, c.StringSlice("upload-user"))
 	opt.PositiveTTL, opt.NegativeTTL = c.Duration("positive-ttl"), c.Duration("negative-ttl")
 	if opt.PositiveTTL < 0 || opt.NegativeTTL < 0 {
 		return opt, "", errUsage{errors.New("--positive-ttl and --negative-ttl cannot be negative")}
@@ -168,22 +166,25 @@ func substituterOptions(c *cli.Context) (substituter.Options, string, error) {
 	return opt, listen, nil
 }
 
-// uploadUIDs are the uids of the --upload-user users, looked up now: a
-// name that does not exist is a mistake to report, not a user to ignore.
-func uploadUIDs(names []string) ([]uint32, error) {
+// uploadUIDs are the uids of the --upload-user users, looked up now. A
+// name that is no user is reported and left out, not fatal: a substituter
+// that does not start makes Nix abort builds (NixOS/nix#6445), and leaving
+// a user out only refuses its uploads.
+func uploadUIDs(ui *ui, names []string) []uint32 {
 	var uids []uint32
 	for _, name := range names {
 		u, err := user.Lookup(name)
-		if err != nil {
-			return nil, errUsage{withHint(fmt.Errorf("--upload-user %q: no such user", name), "give a local user's name, as in /etc/passwd")}
+		var uid uint64
+		if err == nil {
+			uid, err = strconv.ParseUint(u.Uid, 10, 32)
 		}
-		uid, err := strconv.ParseUint(u.Uid, 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("--upload-user %q: uid %q is not a number", name, u.Uid)
+			ui.warnf("--upload-user %q is no user here: its uploads are refused", name)
+			continue
 		}
 		uids = append(uids, uint32(uid))
 	}
-	return uids, nil
+	return uids
 }
 
 // loopbackOnly refuses an address other machines could reach: the
