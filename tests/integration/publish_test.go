@@ -27,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"golang.org/x/crypto/ssh"
 
@@ -160,22 +159,8 @@ func newTestPath(t *testing.T, refs ...string) *testPath {
 	rand.Read(digest[:])
 	contents := make([]byte, 100+mustRandInt(t, 200<<10))
 	rand.Read(contents)
-	var buf bytes.Buffer
-	w, err := nar.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(contents); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
 	p := &testPath{path: "/nix/store/" + nixbase32.EncodeToString(digest[:]) + "-nixcache-publish-test-" + harness.Nonce(),
-		nar: buf.Bytes(), references: refs}
+		nar: harness.NAR(contents), references: refs}
 	t.Cleanup(func() { deletePaths(t, p.path) })
 	return p
 }
