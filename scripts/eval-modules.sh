@@ -214,9 +214,21 @@ for p in nix-store nix-daemon; do
   printf '#!/bin/sh\necho "%s $*"\n' "$p" > "$stubs/$p"
   chmod +x "$stubs/$p"
 done
+# The dispatcher writes every login to the audit log through the publisher:
+# a real one, on a socket of this run's.
+"$bin/nixcache" keygen --name eval-1 --secret-key-file "$tmp/publisher-key" --public-key-file "$tmp/publisher-key.pub" > /dev/null
+"$bin/nixcache" publisher --listen "$tmp/publisher.sock" --registry "$tmp/registry" --secret-key-file "$tmp/publisher-key" \
+  --roots "$tmp/roots" --allow-user "$(id -un)" --audit-log "$tmp/audit.log" 2> "$tmp/publisher.err" &
+publisher=$!
+trap 'kill $publisher 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do [ -S "$tmp/publisher.sock" ] && break; sleep 0.1; done
+[ -S "$tmp/publisher.sock" ] || { echo "the publisher did not start:" >&2; cat "$tmp/publisher.err" >&2; exit 1; }
 # real REGISTRY: a rendered command, run with the nixcache just built, the
-# stand-ins and REGISTRY.
-real() { sed -e "s|$fake_nixcache|$bin/nixcache|" -e "s|/etc/nixcache/clients.toml|$1|" -e "s|$nix/|$stubs/|g"; }
+# stand-ins, REGISTRY and this run's publisher.
+real() {
+  sed -e "s|$fake_nixcache|$bin/nixcache|" -e "s|/etc/nixcache/clients.toml|$1|" -e "s|$nix/|$stubs/|g" \
+    -e "s|/run/nixcache/publisher.sock|$tmp/publisher.sock|"
+}
 # login COMMAND PUB ORIGINAL: COMMAND for a login with the key PUB (none
 # if empty) that asked to run ORIGINAL.
 login() {
@@ -259,7 +271,15 @@ served "$(real "$tmp/registry" <<<"$line")" "" "nix-store --serve"
 [ "$(cat "$tmp/login.out")" = "nix-store --serve" ] || { echo "the client's line ran $(cat "$tmp/login.out")" >&2; exit 1; }
 refused_login "$(real "$tmp/registry" <<<"$line")" "" "nix-daemon --stdio"
 refused_login "$(real tests/nixos/registry-revoked.toml <<<"$line")" "" "nix-store --serve"
-echo "passed: the dispatcher serves a registered key nix-store --serve, read-only, and nothing else, and an outsider nothing"
+# Each of those logins is in the audit log: the sessions served, the
+# refusals with what was asked, the outsider by its key's fingerprint.
+outsider_fp=$(ssh-keygen -lf "$tmp/outsider.pub" | cut -d' ' -f2)
+for want in '"client":"client","key":"SHA256:[^"]*","role":"pull","op":"session","request":"nix-store --serve"' \
+  "\"key\":\"$outsider_fp\",\"role\":\"\",\"op\":\"refused\",\"request\":\"login\"" \
+  '"client":"client","key":"SHA256:[^"]*","role":"pull","op":"refused","request":"shell"'; do
+  grep -q -- "$want" "$tmp/audit.log" || { echo "the audit log lacks $want:" >&2; cat "$tmp/audit.log" >&2; exit 1; }
+done
+echo "passed: the dispatcher serves a registered key nix-store --serve, read-only, and nothing else, and an outsider nothing; the audit log has each login"
 
 # The client's substituter command, with the nixcache just built: every
 # flag the module passes is one the CLI takes (a usage error exits 2). It
