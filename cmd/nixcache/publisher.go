@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nixcache/nixcache/internal/audit"
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/nixkey"
 	"github.com/nixcache/nixcache/internal/publish"
@@ -89,11 +89,13 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
-			auditLog, closeAudit, err := appendAuditLog(ui, c.String("audit-log"))
-			if err != nil {
-				return err
+			auditLog := audit.NewWriter(ui.stdout)
+			if path := c.String("audit-log"); path != "" {
+				if auditLog, err = audit.OpenFile(path); err != nil {
+					return err
+				}
+				defer auditLog.Close()
 			}
-			defer closeAudit()
 			l, err := publisherListener(c.String("listen"), gid)
 			if err != nil {
 				return err
@@ -218,16 +220,4 @@ func publisherListener(path string, gid int) (*net.UnixListener, error) {
 		return nil, err
 	}
 	return l, nil
-}
-
-// appendAuditLog is --audit-log opened for appending, or standard output.
-func appendAuditLog(ui *ui, path string) (io.Writer, func(), error) {
-	if path == "" {
-		return ui.stdout, func() {}, nil
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, nil, fmt.Errorf("the audit log: %w", err)
-	}
-	return f, func() { f.Close() }, nil
 }

@@ -7,9 +7,6 @@
 package publish
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -43,10 +40,8 @@ type Config struct {
 	DaemonSocket string
 	// StoreDir is the store's directory, /nix/store.
 	StoreDir string
-	// Audit receives one JSON line per record, in a single Write each.
-	// Until internal/audit has its writer, the Publisher serialises the
-	// writes itself.
-	Audit io.Writer
+	// Audit is the audit log.
+	Audit *audit.Writer
 	// Log receives what the server's admin needs (why a 500 happened);
 	// nil discards it.
 	Log func(msg string)
@@ -55,8 +50,6 @@ type Config struct {
 // Publisher is the http.Handler for the publisher's socket.
 type Publisher struct {
 	cfg Config
-
-	auditMu sync.Mutex
 
 	pathsMu sync.Mutex
 	paths   map[string]*pathLock // uploads in progress, by store path
@@ -119,71 +112,24 @@ func (p *Publisher) logf(format string, args ...any) {
 	}
 }
 
-// maxAuditRecord caps one record: real ones are a few hundred bytes.
-const maxAuditRecord = 64 << 10
-
-var auditOps = map[string]bool{
-	audit.OpNarinfo: true, audit.OpNar: true, audit.OpUpload: true,
-	audit.OpMissing: true, audit.OpRefused: true,
-}
-
-// audit writes one record, decoded strictly, as one line.
+// audit writes one record, decoded strictly (audit.Decode), as one line.
 func (p *Publisher) audit(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAuditRecord+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, audit.MaxLine+1))
 	if err != nil {
 		answer(w, http.StatusBadRequest, "reading the audit record: "+err.Error())
 		return
 	}
-	if len(body) > maxAuditRecord {
-		answer(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("an audit record is at most %d KiB", maxAuditRecord>>10))
-		return
-	}
-	rec, err := decodeRecord(body)
+	rec, err := audit.Decode(body)
 	if err != nil {
-		answer(w, http.StatusBadRequest, "the audit record: "+err.Error())
+		answer(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := p.WriteRecord(rec); err != nil {
+	if err := p.cfg.Audit.Write(rec); err != nil {
 		p.logf("cannot write the audit log: %v", err)
 		answer(w, http.StatusInternalServerError, "the audit log cannot be written; details are in the publisher's log")
 		return
 	}
 	answer(w, http.StatusNoContent, "")
-}
-
-// decodeRecord accepts exactly one JSON object with Record's fields and
-// nothing after it.
-func decodeRecord(body []byte) (*audit.Record, error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var rec audit.Record
-	if err := dec.Decode(&rec); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the record")
-	}
-	if !auditOps[rec.Op] {
-		return nil, fmt.Errorf("unknown op %q", rec.Op)
-	}
-	if rec.Time.IsZero() {
-		return nil, errors.New("no time")
-	}
-	return &rec, nil
-}
-
-// WriteRecord appends rec to the audit log as one line, in one Write, so
-// that concurrent records never interleave.
-func (p *Publisher) WriteRecord(rec *audit.Record) error {
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	line = append(line, '\n')
-	p.auditMu.Lock()
-	defer p.auditMu.Unlock()
-	_, err = p.cfg.Audit.Write(line)
-	return err
 }
 
 // registry returns the registry, read again only when the file changed

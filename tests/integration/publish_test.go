@@ -30,6 +30,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixcache/nixcache/internal/audit"
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/nixkey"
 	"github.com/nixcache/nixcache/internal/publish"
@@ -54,7 +55,7 @@ type testPublisher struct {
 
 	logMu sync.Mutex
 	log   []string
-	audit bytes.Buffer // written under the publisher's own lock
+	audit bytes.Buffer // through an audit.Writer, which locks
 	// inflight counts requests the handler has not finished.
 	inflight atomic.Int64
 	refused  chan uint32
@@ -110,7 +111,7 @@ func startPublisher(t *testing.T, opt publisherOptions) *testPublisher {
 	}
 	p := publish.New(publish.Config{
 		Registry: reg, Key: tp.key, Roots: tp.roots, MaxNarSize: opt.maxNarSize,
-		DaemonSocket: env.Socket, StoreDir: "/nix/store", Audit: &tp.audit,
+		DaemonSocket: env.Socket, StoreDir: "/nix/store", Audit: audit.NewWriter(&tp.audit),
 		Log: func(msg string) {
 			tp.logMu.Lock()
 			tp.log = append(tp.log, msg)
@@ -587,7 +588,8 @@ func TestPublishAudit(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	good := `{"time":"2026-11-29T05:40:00.123Z","client":"builder","key":"SHA256:x","role":"push","op":"upload","path":"/nix/store/x","bytes":1234,"status":201,"duration_ms":12.5}`
+	good := `{"time":"2026-11-29T05:40:00.123Z","client":"builder","key":"` + tp.keys["builder"] +
+		`","role":"push","op":"upload","path":"/nix/store/x","bytes":1234,"status":201,"duration_ms":12.5}`
 	for _, bad := range []string{
 		strings.Replace(good, `"bytes"`, `"secret":"x","bytes"`, 1), // unknown field
 		good + `{}`,  // trailing data
