@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -46,6 +47,10 @@ func (p *publisherClient) Upload(ctx context.Context, hash string, body io.Reade
 	req.Header.Set("Nixcache-Key", p.keyHash)
 	resp, err := p.http.Do(req)
 	if err != nil {
+		// Standard error reaches the client's side of the channel (the
+		// substituter logs it): a registered client, told which socket
+		// failed, so that its admin can tell the cache's.
+		fmt.Fprintf(os.Stderr, "nixcache: the publisher: %v\n", err)
 		return http.StatusServiceUnavailable, "the cache cannot take uploads now (its publisher is not running)"
 	}
 	defer resp.Body.Close()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/internal/audit"
+	"github.com/nixcache/nixcache/internal/publish"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/crypto/ssh"
@@ -65,7 +66,7 @@ EXAMPLES:
 			registryFlag(),
 			&cli.StringFlag{Name: "publisher", Usage: "relay uploads to and write the audit log through the publisher's `SOCKET`"},
 			&cli.StringFlag{Name: "publish-mode", Value: "all", Usage: "serve `MODE` all (the whole store) or published (the closures of --roots)"},
-			&cli.StringFlag{Name: "roots", Value: defaultRoots, Usage: "the published roots are the symlinks under `DIR`"},
+			&cli.StringFlag{Name: "roots", Value: publish.DefaultRoots, Usage: "the published roots are the symlinks under `DIR`"},
 			&cli.BoolFlag{Name: "allow-ssh-ng", Usage: "let clients run nix-daemon --stdio (not read-only: see 'clients authorized-keys --help')"},
 			&cli.StringFlag{Name: "nix-store", Value: "nix-store", Usage: "run `PATH` for nix-store --serve"},
 			&cli.StringFlag{Name: "nix-daemon", Value: "nix-daemon", Usage: "run `PATH` for nix-daemon --stdio"},
@@ -166,10 +167,6 @@ EXAMPLES:
 		},
 	}
 }
-
-// defaultRoots is where published paths are rooted: the NixOS module's
-// gcRootsDir, and the publisher's.
-const defaultRoots = "/nix/var/nix/gcroots/nixcache"
 
 // lineRole is the most the authorized_keys line allows: with --client (the
 // line names its client), its --role, pull when absent; without, whatever
