@@ -80,8 +80,10 @@ type config struct {
 func configs() []config {
 	return []config{
 		{id: "seed", kind: rootShell, describe: "seed: `nix-copy-closure --to root@cache`, then `nix store sign --all` over ssh"},
-		{id: "push", kind: nixcacheServe, describe: "`nixcache push --recursive` (client substituter)",
-			command: []string{"{nixcache}", "push", "--substituter", "{sub}", "--recursive", "{top}"}},
+		{id: "push", kind: nixcacheServe, describe: "`nixcache push --recursive` (client substituter), defaults (8 jobs)",
+			command: []string{"{nixcache}", "push", "--to", "{sub}", "--recursive", "{top}"}},
+		{id: "push-32", kind: nixcacheServe, describe: "`nixcache push --recursive --jobs 32` (client substituter)",
+			command: []string{"{nixcache}", "push", "--to", "{sub}", "--recursive", "--jobs", "32", "{top}"}},
 		{id: "copy", kind: nixcacheServe, describe: "`nix copy --to http://127.0.0.1:PORT?compression=none` (client substituter)",
 			command: []string{"nix", "--extra-experimental-features", "nix-command", "copy", "--to", "{sub}?compression=none", "{top}"}},
 		{id: "copy-zstd", kind: nixcacheServe, describe: "`nix copy --to http://127.0.0.1:PORT?compression=zstd` (client substituter)",
