@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/wire"
 )
@@ -103,6 +105,17 @@ func (e *ProtocolError) Error() string { return "Nix daemon protocol error: " + 
 func Dial(ctx context.Context, socketPath string) (*Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", socketPath)
+	// A daemon busy accepting has a short queue (Nix listens with a backlog
+	// of 5, and Go connects without blocking): a full queue is EAGAIN, to
+	// be tried again shortly, as a blocking connect would have waited.
+	for wait := time.Millisecond; errors.Is(err, syscall.EAGAIN) && wait < 2*time.Second; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return nil, &DialError{Path: socketPath, Err: ctx.Err()}
+		case <-time.After(wait):
+		}
+		nc, err = d.DialContext(ctx, "unix", socketPath)
+	}
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) {
