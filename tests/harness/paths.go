@@ -25,7 +25,8 @@ type Path struct {
 
 // NewPath makes a path named name holding one regular file: a line naming
 // each reference (as a real output would, so Nix's reference scan agrees),
-// then size bytes of filler.
+// then size random bytes, which no compression shrinks (an upload's bytes
+// on the wire are then about its NAR's).
 func NewPath(name string, size int, references ...string) Path {
 	var hash [20]byte
 	rand.Read(hash[:])
@@ -34,7 +35,9 @@ func NewPath(name string, size int, references ...string) Path {
 	for _, r := range references {
 		fmt.Fprintln(&contents, r)
 	}
-	contents.Write(bytes.Repeat([]byte{'.'}, size))
+	filler := make([]byte, size)
+	rand.Read(filler)
+	contents.Write(filler)
 	return Path{Path: path, NAR: NAR(contents.Bytes()), References: references}
 }
 
