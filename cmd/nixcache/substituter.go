@@ -303,7 +303,9 @@ func runSubstituter(ctx context.Context, ui *ui, files substituterFiles, target 
 		return err
 	}
 	defer srv.Close()
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	// ConnContext: the substituter asks the kernel about each upload's
+	// connection (its user, and that it is still the same connection).
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ConnContext: srv.ConnContext}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(l) }()
 	logf("serving %s on http://%s (substituters = http://%s in nix.conf)", target, l.Addr(), l.Addr())

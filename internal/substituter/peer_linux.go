@@ -6,10 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // peerUID is the uid that owns the client's end of a loopback TCP
@@ -71,6 +75,12 @@ func findSocket(table string, local, remote netip.AddrPort) (uint32, bool, error
 			// An orphan or a time-wait entry: no process holds it.
 			continue
 		}
+		if !peerStates[fields[3]] {
+			// Not (or no longer) the other end of a connection we hold:
+			// one still connecting, say, from an address pair that a
+			// reset freed.
+			continue
+		}
 		uid, err := strconv.ParseUint(fields[7], 10, 32)
 		if err != nil {
 			return 0, false, fmt.Errorf("%s: uid %q: %w", table, fields[7], err)
@@ -78,6 +88,46 @@ func findSocket(table string, local, remote netip.AddrPort) (uint32, bool, error
 		return uint32(uid), true, nil
 	}
 	return 0, false, sc.Err()
+}
+
+// peerStates are the states, as /proc/net/tcp prints them, of a client's
+// socket while our end is connected: established, or closed for writing
+// (FIN_WAIT1, FIN_WAIT2) after sending its request.
+var peerStates = map[string]bool{"01": true, "04": true, "05": true}
+
+// The kernel's TCP states (include/net/tcp_states.h), as TCP_INFO gives them.
+const (
+	tcpEstablished = 1
+	tcpCloseWait   = 8
+)
+
+// stillConnected fails unless our end of c is still established, or closed
+// by the client for writing only (CLOSE_WAIT). A socket leaves those states
+// for good once reset or closed, and while it is in them no other socket can
+// hold its peer's address pair.
+func stillConnected(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("a %T is no socket", c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var info *unix.TCPInfo
+	var infoErr error
+	if err := raw.Control(func(fd uintptr) {
+		info, infoErr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return err
+	}
+	if infoErr != nil {
+		return fmt.Errorf("the connection's state: %w", infoErr)
+	}
+	if info.State != tcpEstablished && info.State != tcpCloseWait {
+		return fmt.Errorf("the connection was closed or reset (TCP state %d) before its request was read, so the socket listed for its addresses may be another's", info.State)
+	}
+	return nil
 }
 
 // procAddr reads an address as /proc/net/tcp prints it: the address's

@@ -64,7 +64,9 @@ func newFixture(t *testing.T, opt Options) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	hs := httptest.NewServer(srv)
+	hs := httptest.NewUnstartedServer(srv)
+	hs.Config.ConnContext = srv.ConnContext
+	hs.Start()
 	t.Cleanup(hs.Close)
 	f.up, f.srv, f.url = up, srv, hs.URL
 	return f

@@ -57,14 +57,37 @@ func (s *Server) serveWrite(w http.ResponseWriter, r *http.Request) {
 	s.serveNixPut(w, r)
 }
 
+// connKey carries the request's connection in its context (ConnContext).
+type connKey struct{}
+
+// ConnContext is for http.Server's ConnContext: it keeps each request's
+// connection, whose socket mayWrite asks the kernel about. Without it no
+// upload is taken.
+func (s *Server) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
 // mayWrite is 0 when the request comes from root or an --upload-user user,
 // else the status and message that refuse it.
+//
+// The kernel links the two ends of a loopback connection only by their
+// addresses: the client's socket is the one /proc/net/tcp lists from its
+// address to ours. A client that resets its connection frees that address
+// pair while its request still waits to be read here, and another socket
+// (root's, made to connect from the same port) may then take it. So the
+// answer counts only if this end is still connected after it was read: then
+// the pair was never free, and the socket found was the client's.
 func (s *Server) mayWrite(r *http.Request) (int, string) {
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if local == nil {
+	conn, _ := r.Context().Value(connKey{}).(net.Conn)
+	if local == nil || conn == nil {
+		s.opt.Logf("upload from %s: the HTTP server does not pass its connections (ConnContext), so no upload is taken", r.RemoteAddr)
 		return http.StatusForbidden, "nixcache substituter: cannot tell who sent this upload"
 	}
 	uid, err := peerUID(local.String(), r.RemoteAddr)
+	if err == nil {
+		err = stillConnected(conn)
+	}
 	if err != nil {
 		s.opt.Logf("upload from %s: cannot tell its user: %v", r.RemoteAddr, err)
 		return http.StatusForbidden, "nixcache substituter: cannot tell which user sent this upload, so it is refused"
