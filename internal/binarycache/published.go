@@ -119,11 +119,7 @@ func (p *Published) compute(c *daemon.Conn) (map[string]bool, error) {
 	var tops []string
 	seen := map[string]bool{}
 	err := p.walk(nil, func(link string) {
-		target, err := filepath.EvalSymlinks(link)
-		if err != nil {
-			return // dangling: roots nothing
-		}
-		if top := storePathOf(target); top != "" && !seen[top] {
+		if top := rootTarget(link); top != "" && !seen[top] {
 			seen[top] = true
 			tops = append(tops, top)
 		}
@@ -159,6 +155,39 @@ func (p *Published) compute(c *daemon.Conn) (map[string]bool, error) {
 		level = next
 	}
 	return closure, nil
+}
+
+// maxRootHops bounds the links outside the store followed from a root.
+const maxRootHops = 40
+
+// rootTarget is the store path a root names, read as Nix's garbage
+// collector reads one: the link's target, if it is in the store; else, if
+// that target is a link (a profile), its target, and so on. It never
+// resolves anything inside the store: a store path may itself be a symlink
+// (a push client chooses its contents), and what it points to is not what
+// was published. "" when the link names no store path.
+func rootTarget(link string) string {
+	for range maxRootHops {
+		target, err := os.Readlink(link)
+		if err != nil {
+			return ""
+		}
+		if strings.HasPrefix(target, StoreDir+"/") {
+			return storePathOf(target)
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(link), target)
+		}
+		if strings.HasPrefix(target, StoreDir+"/") {
+			return storePathOf(target)
+		}
+		fi, err := os.Lstat(target)
+		if err != nil || fi.Mode().Type() != fs.ModeSymlink {
+			return "" // dangling, or not a link to the store: roots nothing
+		}
+		link = target
+	}
+	return ""
 }
 
 // storePathOf is the store path that file is or is inside of, or "".

@@ -73,9 +73,25 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 		return
 	}
 	counted := &countingReader{r: body}
-	br := bufio.NewReaderSize(counted, 64<<10)
-	if p := peekStorePath(br); p != "" {
+	br := bufio.NewReaderSize(counted, MaxUploadNarinfo+4<<10)
+	head := peekNarinfo(br)
+	if p := narinfoStorePath(head); p != "" {
 		rec.Path = p
+	}
+	if h.Published != nil {
+		// In published mode a reference must be served to this client:
+		// the publisher checks only that it is valid, and a published
+		// path's closure is published with it.
+		if ref, err := h.unpublishedReference(r.Context(), head, rec.Path); err != nil {
+			h.serverError(w, err)
+			return
+		} else if ref != "" {
+			// Word for word the publisher's answer for a reference that
+			// is not valid: whether a path the client may not see exists
+			// is not the client's to learn.
+			http.Error(w, fmt.Sprintf("reference %s of %s is not valid on the cache: push it first", ref, rec.Path), http.StatusConflict)
+			return
+		}
 	}
 	status, msg := h.Uploads.Upload(r.Context(), hash, br)
 	rec.Bytes = counted.n
@@ -84,19 +100,65 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 	io.WriteString(w, strings.TrimRight(msg, "\n")+"\n")
 }
 
-// peekStorePath is the narinfo's StorePath, for the audit log only: the
-// publisher reads and checks the narinfo.
-func peekStorePath(br *bufio.Reader) string {
-	head, _ := br.Peek(4 << 10)
-	for _, line := range strings.Split(string(head), "\n") {
-		if v, ok := strings.CutPrefix(line, "StorePath: "); ok && storePathOf(v) == v {
-			return v
-		}
+// peekNarinfo is the narinfo part of an upload, its lines up to the empty
+// one, read ahead without consuming it: the publisher reads and checks the
+// narinfo. A body whose narinfo does not end within MaxUploadNarinfo gives
+// what there is, which the publisher refuses.
+func peekNarinfo(br *bufio.Reader) []string {
+	head, _ := br.Peek(MaxUploadNarinfo + 1)
+	var lines []string
+	for line := range strings.SplitSeq(string(head), "\n") {
 		if line == "" {
 			break
 		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// narinfoStorePath is the narinfo's StorePath, for the audit log only.
+func narinfoStorePath(lines []string) string {
+	for _, line := range lines {
+		if v, ok := strings.CutPrefix(line, "StorePath: "); ok && storePathOf(v) == v {
+			return v
+		}
 	}
 	return ""
+}
+
+// unpublishedReference is the first reference the narinfo names, other
+// than the path itself (self), that this client is not served, or "".
+// Every References line counts (the publisher refuses a narinfo with two);
+// a reference that is no store path name is the publisher's to refuse.
+func (h *Handler) unpublishedReference(ctx context.Context, lines []string, self string) (string, error) {
+	var refs []string
+	for _, line := range lines {
+		key, value, _ := strings.Cut(line, ": ")
+		if key != "References" {
+			continue
+		}
+		for base := range strings.FieldsSeq(value) {
+			if ref := StoreDir + "/" + base; storePathOf(ref) == ref && ref != self {
+				refs = append(refs, ref)
+			}
+		}
+	}
+	if len(refs) == 0 {
+		return "", nil
+	}
+	if err := h.ensureConn(ctx); err != nil {
+		return "", err
+	}
+	for _, ref := range refs {
+		ok, err := h.visible(ref)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return ref, nil
+		}
+	}
+	return "", nil
 }
 
 type countingReader struct {

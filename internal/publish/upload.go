@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -163,7 +164,7 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 		return p.failed(c.Path, name, err)
 	}
 	if !bytes.Equal(have.NarHash, c.NarHash) || have.NarSize != c.NarSize {
-		return fail(http.StatusConflict, "%s is valid on the cache with another NAR (sha256:%s)", c.Path, nixbase32.EncodeToString(have.NarHash))
+		return p.conflict(name, c.Path, have)
 	}
 
 	// 8. Publish, the daemon's temporary root still held.
@@ -186,6 +187,14 @@ func (p *Publisher) already(conn *daemon.Conn, client string, c *claim, have *da
 	}
 	got := h.Sum(nil)
 	if uint64(n) == have.NarSize && bytes.Equal(got, have.NarHash) {
+		// The NAR proves possession of this path alone. Publishing it
+		// publishes its closure: references the client did not name (and
+		// so never showed it may have) are refused, as serve checks in
+		// published mode that those it names are served to it.
+		if !sameSet(c.References, have.References) {
+			p.logf("upload of %s by %s: the valid path refers to %v, the upload's narinfo to %v", c.Path, client, have.References, c.References)
+			return fail(http.StatusConflict, "%s is valid on the cache with other references than the narinfo's", c.Path)
+		}
 		if err := p.publish(client, c.Path); err != nil {
 			p.logf("publishing %s for %s: %v", c.Path, client, err)
 			return fail(http.StatusInternalServerError, "the cache could not publish %s; details are in its log", c.Path)
@@ -195,7 +204,23 @@ func (p *Publisher) already(conn *daemon.Conn, client string, c *claim, have *da
 	if uint64(n) != c.NarSize || !bytes.Equal(got, c.NarHash) {
 		return fail(http.StatusUnprocessableEntity, "the NAR does not match the narinfo of %s", c.Path)
 	}
-	return fail(http.StatusConflict, "%s is valid on the cache with another NAR (sha256:%s)", c.Path, nixbase32.EncodeToString(have.NarHash))
+	return p.conflict(client, c.Path, have)
+}
+
+// conflict is the 409 for an upload over a valid path with another NAR.
+// The valid NAR's hash goes to the log only: the client may not be served
+// the path (published mode), and a hash confirms a guess of its contents.
+func (p *Publisher) conflict(client, path string, have *daemon.PathInfo) result {
+	p.logf("upload of %s by %s: the path is valid with the NAR sha256:%s (%d bytes)", path, client, nixbase32.EncodeToString(have.NarHash), have.NarSize)
+	return fail(http.StatusConflict, "%s is valid on the cache with another NAR", path)
+}
+
+// sameSet says whether a and b hold the same paths.
+func sameSet(a, b []string) bool {
+	as, bs := slices.Clone(a), slices.Clone(b)
+	slices.Sort(as)
+	slices.Sort(bs)
+	return slices.Equal(slices.Compact(as), slices.Compact(bs))
 }
 
 // lacksTrustedSignature recognises the daemon's refusal of a path no key it
