@@ -98,10 +98,19 @@ func parseNarinfo(text []byte, storeDir string) (*claim, error) {
 				err = fmt.Errorf("NarSize: %v", err)
 			}
 		case "References":
+			// A set, as Nix has it: a reference given twice would be
+			// signed twice in the fingerprint, which the daemon, counting
+			// it once, would refuse as a bad signature.
+			given := map[string]bool{}
 			for ref := range strings.FieldsSeq(value) {
 				if err = checkBaseName(ref); err != nil {
 					break
 				}
+				if given[ref] {
+					err = fmt.Errorf("reference %s is given twice", ref)
+					break
+				}
+				given[ref] = true
 				c.References = append(c.References, storeDir+"/"+ref)
 			}
 		case "Deriver":
@@ -138,7 +147,10 @@ func checkStorePath(p, storeDir string) error {
 // checkBaseName accepts "HASH-name" as Nix's StorePath does: a 32-character
 // nix32 hash part and a name of Nix's characters.
 func checkBaseName(base string) error {
-	if _, err := storepath.FromString(base); err != nil || len(base) > 211 {
+	// FromString cleans base (path.Join) before it matches it, so
+	// "HASH-a/../HASH-b" and "HASH-a/." would pass, and the daemon would
+	// canonicalise them to a path other than the one checked.
+	if _, err := storepath.FromString(base); err != nil || len(base) > 211 || strings.Contains(base, "/") {
 		return fmt.Errorf("%q is not a store path name", base)
 	}
 	return nil
