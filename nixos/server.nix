@@ -55,8 +55,13 @@ let
     in
     if f == null then
       [ ]
-    # Also a word for systemd's command lines: no spaces, quotes or %.
-    else if builtins.match "/[A-Za-z0-9._/+-]*[^/]" f == null then
+    # Also a word for systemd's command lines, to its last character: no
+    # spaces, quotes, % or backslash (which would join the unit's next line
+    # to a root ExecStartPre). No . or .. either: root's chown and chmod
+    # would take the directory.
+    else if
+      builtins.match "(/[A-Za-z0-9._+-]+)+" f == null || builtins.match "(.*/)?[.][.]?(/.*)?" f != null
+    then
       [
         "services.nixcache.server.auditLog = \"${f}\" must be the absolute path of a file, in letters, digits and . _ / + -"
       ]
@@ -402,7 +407,10 @@ in
         publisher's user (`nixcache audit FILE`). Rotate it with
         `copytruncate`, which keeps the publisher's file open and its
         appends at the end. If the publisher cannot write a record, the
-        request is refused: what is not logged is not served.
+        request is refused: what is not logged is not served. The path is
+        letters, digits and `. _ + -` between slashes. Keep its directory
+        writable by root alone: root makes the file and hands it to the
+        publisher's user at every start, following a symlink there.
       '';
     };
 

@@ -612,6 +612,24 @@ in
     expect.refused (withClient { auditLog = "audit.log"; }) [ "auditLog = \"audit.log\" must be the absolute path of a file" ]
     ++ expect.refused (withClient { auditLog = "/var/log/nixcache/"; }) [ "must be the absolute path of a file" ]
     ++ expect.refused (withClient { auditLog = "/var/log/my audit.log"; }) [ "must be the absolute path of a file" ]
+    # Someone who controls what an admin pastes: the path's last character
+    # is a word of systemd's command lines too. A backslash joins the next
+    # line of the unit to the root ExecStartPre's command, a % is a
+    # specifier, a space or a line break ends the word.
+    ++ lib.concatMap (
+      f: expect.refused (withClient { auditLog = f; }) [ "must be the absolute path of a file" ]
+    ) [
+      "/var/log/audit.log\\"
+      "/var/log/audit.log%"
+      "/var/log/audit.log "
+      "/var/log/audit.log\n"
+      "/var/log/audit.log;"
+      "/var/log/audit.log\""
+      # root's chown and chmod would take the directory above
+      "/var/log/nixcache/.."
+      "/var/log/nixcache/."
+      "/var/log/../audit.log"
+    ]
     ++ expect.refused (withClient { auditLog = "/nix/store/00000000000000000000000000000000-audit.log"; }) [
       "auditLog"
       "inside the Nix store"
