@@ -443,6 +443,13 @@ in
           lib.head (lib.splitString ":" (toString cfg.publicKey))
         }\" but keyName is \"${cfg.keyName}\": set publicKey to the content of ${cfg.publicKeyFile}.";
       }
+      # A word of sshd_config's Match line and of the publisher's command
+      # line: a comma or pattern would match other users, a line break add
+      # settings ahead of those that confine the account.
+      {
+        assertion = builtins.match "[a-z_][a-z0-9_.-]*" cfg.user != null;
+        message = "services.nixcache.server.user = \"${cfg.user}\" is not a user name: use lowercase letters, digits, _ . -";
+      }
       {
         assertion = !(config.nix.sshServe.enable or false);
         message = "services.nixcache.server replaces nix.sshServe (both configure the ${cfg.user} account and its forced command): set nix.sshServe.enable = false.";

@@ -444,6 +444,23 @@ in
     expect.refused config [ "client name \"bad name\" is not allowed" ]
     ++ expect.refused config [ "the key of client \"ok\" is not one OpenSSH public key" ];
 
+  # Someone who controls what an admin pastes: the account's name is a word
+  # of sshd_config's Match line (a comma or pattern would match other users,
+  # a line break would add settings to the block, ahead of the ones that
+  # confine the account, and sshd keeps the first) and of the publisher's
+  # command line.
+  "server: refuses an account name that is no user name" =
+    lib.concatMap (
+      user:
+      expect.refused (withClient { inherit user; }) [ "services.nixcache.server.user" "is not a user name" ]
+    ) [
+      "nix-ssh\n  PermitTTY yes"
+      "nix-ssh,root"
+      "*"
+      "nix ssh"
+      "nix-ssh%i"
+    ];
+
   "server: refuses nix.sshServe alongside" =
     expect.refused
       (evalConfig [
