@@ -411,10 +411,13 @@ func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string, s
 		info, ok, err := h.narPath(r.Context(), name)
 		h.rec = batch
 		if !ok {
+			// The batch is refused whole: one record says so.
+			batch.Op, batch.Request = audit.OpRefused, audit.OpNar
 			http.NotFound(w, r)
 			return
 		}
 		if err != nil {
+			batch.Op = audit.OpNar
 			h.serverError(w, err)
 			return
 		}
@@ -441,6 +444,11 @@ func (h *Handler) nars(w http.ResponseWriter, r *http.Request, names []string, s
 		w.Header().Set("Content-Length", strconv.FormatInt(total, 10))
 	}
 	if r.Method == http.MethodHead {
+		// Told which NARs exist and their sizes, sent none.
+		for i := range recs {
+			recs[i].Bytes = 0
+		}
+		logged = len(recs)
 		return
 	}
 	var out io.Writer = w
