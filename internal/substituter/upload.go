@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/internal/binarycache"
 )
@@ -194,13 +197,35 @@ func passBack(w http.ResponseWriter, resp *http.Response) {
 }
 
 // answerLine is the first line of the cache's answer, for Nix to print.
+// Nix prints it as it is, on the terminal of whoever ran nix copy, so a
+// control character (an escape sequence, a bidirectional override, a byte
+// that is no UTF-8) is shown, not sent: the cache may be hostile.
 func answerLine(resp *http.Response) string {
 	line, _ := bufio.NewReader(io.LimitReader(resp.Body, 1<<10)).ReadString('\n')
 	line = strings.TrimSpace(line)
 	if line == "" {
-		line = "the cache answered " + resp.Status
+		return "the cache answered " + printable(resp.Status)
 	}
-	return line
+	return printable(line)
+}
+
+// printable shows a line's control characters as Go escapes.
+func printable(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, size := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[:size])
+		}
+		s = s[size:]
+	}
+	return b.String()
 }
 
 // channelBudget bounds the channels NAR downloads and uploads hold
