@@ -75,7 +75,9 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 	counted := &countingReader{r: body}
 	br := bufio.NewReaderSize(counted, MaxUploadNarinfo+4<<10)
 	head := peekNarinfo(br)
-	if p := narinfoStorePath(head); p != "" {
+	if p := narinfoStorePath(head); p != "" && p[len(StoreDir)+1:][:hashLen] == hash {
+		// Only a StorePath the publisher could take: another path's
+		// would put a path nobody uploaded into the log.
 		rec.Path = p
 	}
 	if h.Published != nil {
