@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -232,16 +234,53 @@ func (r *follower) Close() error {
 
 // spoolDir makes a private directory for one run's spool under parent.
 func spoolDir(parent string) (string, error) {
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return "", err
-	}
-	return os.MkdirTemp(parent, "nixcache-substituter-")
+	return privateDir(parent, "nixcache-substituter-")
 }
 
 // uploadDir makes a private directory for one run's uploads under parent.
 func uploadDir(parent string) (string, error) {
+	return privateDir(parent, "nixcache-uploads-")
+}
+
+// privateDir makes a directory only we may use under parent, once parent
+// and every directory above it are safe: a user who may rename entries in
+// one of them could swap ours for a symlink to a directory of their
+// choosing, and have the substituter (root, off NixOS) write there.
+func privateDir(parent, prefix string) (string, error) {
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return "", err
 	}
-	return os.MkdirTemp(parent, "nixcache-uploads-")
+	abs, err := filepath.Abs(parent)
+	if err != nil {
+		return "", err
+	}
+	for dir := abs; ; dir = filepath.Dir(dir) {
+		if err := safeDir(dir); err != nil {
+			return "", fmt.Errorf("%q: %w", parent, err)
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	return os.MkdirTemp(parent, prefix)
+}
+
+// safeDir fails unless dir is ours or root's, and others may not rename its
+// entries (writable by its owner alone, or sticky, as /tmp).
+func safeDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if uid := uint32(os.Geteuid()); sys.Uid != 0 && sys.Uid != uid {
+		return fmt.Errorf("%s is uid %d's, who could swap the spool for a symlink: give --spool-dir a directory of root's (or this user's)", dir, sys.Uid)
+	}
+	if st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("%s may be written by others (mode %04o, not sticky), who could swap the spool for a symlink: give --spool-dir a directory only its owner writes", dir, st.Mode().Perm())
+	}
+	return nil
 }
