@@ -108,3 +108,37 @@ func TestUploadsNeedTheConnection(t *testing.T) {
 		t.Errorf("it reached the cache: %q", f.cache.files.requests())
 	}
 }
+
+// On [::1], and from an IPv4-mapped address to a dual-stack socket, the
+// kernel's tcp6 table says whose the connection is, as tcp does on
+// 127.0.0.1.
+func TestUploadUserOverIPv6(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test plays root and a local user: run it as root")
+	}
+	for _, listen := range []string{"[::1]:0", "[::]:0"} {
+		t.Run(listen, func(t *testing.T) {
+			f := newFixture(t, Options{})
+			newUploadRecorder(f)
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs := &http.Server{Handler: f.srv, ConnContext: f.srv.ConnContext}
+			go hs.Serve(l)
+			t.Cleanup(func() { hs.Close() })
+			port := l.Addr().(*net.TCPAddr).Port
+			f.url = fmt.Sprintf("http://[::1]:%d", port)
+			if listen == "[::]:0" {
+				f.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+			}
+			body := []byte("/nix/store/" + storeHash(1) + "-p1\n")
+			if code, msg := f.do(t, nobody(), "POST", missingPath, nil, body); code != http.StatusForbidden {
+				t.Errorf("uid %d over %s: %d %q, want 403", nobody(), f.url, code, msg)
+			}
+			if code, msg := f.do(t, 0, "POST", missingPath, nil, body); code != http.StatusOK {
+				t.Errorf("root over %s: %d %q, want 200", f.url, code, msg)
+			}
+		})
+	}
+}
