@@ -338,12 +338,15 @@ func startSubstituter(t *testing.T, cache *recordingCache) (string, *requestLog)
 	}
 	t.Cleanup(func() { srv.Close() })
 	log := &requestLog{}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		log.mu.Lock()
 		log.reqs = append(log.reqs, r.Method+" "+r.URL.Path)
 		log.mu.Unlock()
 		srv.ServeHTTP(w, r)
 	}))
+	// The substituter learns who sent an upload from the connection.
+	hs.Config.ConnContext = srv.ConnContext
+	hs.Start()
 	t.Cleanup(hs.Close)
 	return hs.URL, log
 }
