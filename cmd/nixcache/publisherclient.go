@@ -58,6 +58,11 @@ func (p *publisherClient) Upload(ctx context.Context, hash string, body io.Reade
 	return resp.StatusCode, strings.TrimSpace(string(msg))
 }
 
+// AuditsUploads says that the publisher writes each upload's audit record
+// itself (binarycache.SelfAuditing): it stands even if serve dies before
+// the answer arrives.
+func (p *publisherClient) AuditsUploads() bool { return true }
+
 // Audit writes one record.
 func (p *publisherClient) Audit(rec audit.Record) error {
 	body, err := json.Marshal(rec)

@@ -44,6 +44,14 @@ type Uploader interface {
 	Upload(ctx context.Context, hash string, body io.Reader) (status int, message string)
 }
 
+// SelfAuditing is an Uploader that writes the audit record of each upload
+// it is given, so that the handler writes none for it: the publisher, whose
+// record of an import stands even when serve, the process that relayed it,
+// is gone before it could write one.
+type SelfAuditing interface {
+	AuditsUploads() bool
+}
+
 func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, rec *audit.Record) {
 	rec.Op = audit.OpUpload
 	if !validHash(hash) {
@@ -75,9 +83,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 	counted := &countingReader{r: body}
 	br := bufio.NewReaderSize(counted, MaxUploadNarinfo+4<<10)
 	head := peekNarinfo(br)
-	if p := narinfoStorePath(head); p != "" && p[len(StoreDir)+1:][:hashLen] == hash {
-		// Only a StorePath the publisher could take: another path's
-		// would put a path nobody uploaded into the log.
+	if p := narinfoStorePath(head); p != "" {
 		rec.Path = p
 	}
 	if h.Published != nil {
@@ -97,6 +103,9 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 	}
 	status, msg := h.Uploads.Upload(r.Context(), hash, br)
 	rec.Bytes = counted.n
+	if a, ok := h.Uploads.(SelfAuditing); ok && a.AuditsUploads() {
+		rec.Op = "" // the uploader's record is the one
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(status)
 	io.WriteString(w, strings.TrimRight(msg, "\n")+"\n")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nixcache/nixcache/internal/audit"
 	"github.com/nixcache/nixcache/internal/nixkey"
@@ -40,7 +41,7 @@ type Config struct {
 	DaemonSocket string
 	// StoreDir is the store's directory, /nix/store.
 	StoreDir string
-	// Audit is the audit log.
+	// Audit is the audit log; nil discards the records.
 	Audit *audit.Writer
 	// Log receives what the server's admin needs (why a 500 happened);
 	// nil discards it.
@@ -68,6 +69,9 @@ func New(cfg Config) *Publisher {
 	if cfg.MaxNarSize == 0 {
 		cfg.MaxNarSize = DefaultMaxNarSize
 	}
+	if cfg.Audit == nil {
+		cfg.Audit = audit.NewWriter(io.Discard)
+	}
 	return &Publisher{cfg: cfg}
 }
 
@@ -80,7 +84,26 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case isUpload && r.Method == http.MethodPut:
-		a := p.upload(r, hash)
+		start := time.Now()
+		body := &countingBody{ReadCloser: r.Body}
+		r.Body = body
+		rec := audit.Record{Client: r.Header.Get(HeaderClient), Key: r.Header.Get(HeaderKey), Op: audit.OpUpload}
+		if validHashPart(hash) {
+			rec.Path = p.cfg.StoreDir + "/" + hash
+		}
+		a := p.upload(r, hash, &rec)
+		// The upload's record is written here, by the process that did
+		// the import, whatever became of the one that asked: serve may
+		// be gone (a client that hangs up once its NAR is sent), and an
+		// import nobody logged would escape a stolen key's cleanup.
+		rec.Time, rec.Bytes, rec.Status = time.Now().UTC(), body.n, a.status
+		rec.Duration = float64(time.Since(start).Microseconds()) / 1000
+		if a.status == http.StatusForbidden {
+			rec.Op, rec.Request = audit.OpRefused, audit.OpUpload
+		}
+		if err := p.cfg.Audit.Write(rec); err != nil {
+			p.logf("cannot write the audit log: %v (the record: %+v)", err, rec)
+		}
 		answer(w, a.status, a.msg)
 	case r.URL.Path == "/audit" && r.Method == http.MethodPost:
 		p.audit(w, r)
@@ -147,4 +170,17 @@ func (p *Publisher) registry() (*registry.Registry, error) {
 	p.regSeen = st
 	p.reg, p.regErr = registry.Load(p.cfg.Registry)
 	return p.reg, p.regErr
+}
+
+// countingBody counts the bytes of an upload read: the audit record's
+// bytes received.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	return n, err
 }

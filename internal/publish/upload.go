@@ -19,6 +19,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/nixcache/nixcache/internal/audit"
 	"github.com/nixcache/nixcache/internal/daemon"
 	"github.com/nixcache/nixcache/internal/nixkey"
 	"github.com/nixcache/nixcache/internal/registry"
@@ -42,7 +43,10 @@ func fail(status int, format string, args ...any) result {
 
 // upload is the import of docs/uploads.md, steps 2 to 8 (step 1 is
 // PeerListener's).
-func (p *Publisher) upload(r *http.Request, hash string) result {
+//
+// rec is the upload's audit record, which it fills in as it learns: the
+// client's role, the store path.
+func (p *Publisher) upload(r *http.Request, hash string, rec *audit.Record) result {
 	// 2. A registered client, with this very key, and the push role.
 	name, fp := r.Header.Get(HeaderClient), r.Header.Get(HeaderKey)
 	reg, err := p.registry()
@@ -52,8 +56,11 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 	}
 	client, ok := findClient(reg, name, fp)
 	if !ok {
+		// Not a name or key for the log: whoever asked is not a client.
+		rec.Client, rec.Key = "", ""
 		return fail(http.StatusForbidden, "client %q with key %s is not in the cache's registry", name, fp)
 	}
+	rec.Role = string(client.Role)
 	if !client.Role.Allows(registry.Push) {
 		return fail(http.StatusForbidden, "client %s may only pull: ask the cache's admin for the push role (nixcache clients set-role %s push)", name, name)
 	}
@@ -71,6 +78,9 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 	if err != nil {
 		return fail(http.StatusBadRequest, "%v", err)
 	}
+	// The record names the path the narinfo names, even one refused
+	// below for another hash part: it is what the client tried.
+	rec.Path = c.Path
 	base := filepath.Base(c.Path)
 	if hash != "" && base[:hashPartLen] != hash {
 		return fail(http.StatusBadRequest, "the narinfo is for %s, not for the hash part %q it was uploaded to", c.Path, hash)
@@ -80,8 +90,12 @@ func (p *Publisher) upload(r *http.Request, hash string) result {
 	}
 
 	// One daemon connection for the whole import: the temporary root it
-	// holds keeps the path alive until its link exists.
-	conn, err := daemon.Dial(r.Context(), p.cfg.DaemonSocket)
+	// holds keeps the path alive until its link exists. It outlives the
+	// request's context: once the NAR is read, the daemon makes the path
+	// valid whether or not serve still waits for the answer, and the
+	// import must go on to its root. A client gone mid-NAR ends the
+	// import all the same: the body's read fails.
+	conn, err := daemon.Dial(context.WithoutCancel(r.Context()), p.cfg.DaemonSocket)
 	if err != nil {
 		p.logf("upload of %s by %s: %v", c.Path, name, err)
 		return fail(http.StatusServiceUnavailable, "the cache's Nix daemon is not reachable; details are in its log")
@@ -302,4 +316,13 @@ func findClient(reg *registry.Registry, name, fp string) (registry.Client, bool)
 		}
 	}
 	return registry.Client{}, false
+}
+
+// validHashPart says whether s is a store path's hash part (nix32).
+func validHashPart(s string) bool {
+	if len(s) != hashPartLen {
+		return false
+	}
+	_, err := nixbase32.DecodeString(s)
+	return err == nil
 }

@@ -51,22 +51,3 @@ func TestAttackNarBatchesAreAlwaysAudited(t *testing.T) {
 		t.Errorf("a batch with a bad name: records %+v, want one refused nar record", recs)
 	}
 }
-
-// A push key's upload names another path in its narinfo than the hash part
-// it uploads to. The publisher refuses it (400); the audit record must not
-// name that other path as uploaded, which would frame its owner.
-func TestAttackUploadRecordNamesOnlyTheUploadedHash(t *testing.T) {
-	var recs []audit.Record
-	h := cacheHandler(t)
-	h.Audit = func(r audit.Record) { recs = append(recs, r) }
-	h.Uploads = &recordingUploader{}
-	h.MayUpload = func() bool { return true }
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	hash := strings.Repeat("4", 32)
-	victim := "/nix/store/" + strings.Repeat("5", 32) + "-victims-release"
-	put(t, srv.URL+binarycache.UploadPrefix+hash, "StorePath: "+victim+"\n\nNAR", http.StatusCreated)
-	if len(recs) != 1 || recs[0].Path != "/nix/store/"+hash {
-		t.Errorf("records %+v, want one for /nix/store/%s", recs, hash)
-	}
-}
