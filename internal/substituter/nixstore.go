@@ -146,7 +146,13 @@ func (s *Server) putNarinfo(w http.ResponseWriter, r *http.Request, hash string)
 		relayFailed(w, err)
 		return
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// Read to its end, the answer leaves its channel for the next
+		// upload; closed unread, the channel would be closed too, and each
+		// upload would pay for a new one (two round trips and a serve).
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
 		http.Error(w, answerLine(resp), resp.StatusCode)
 		return

@@ -40,6 +40,7 @@ type cacheServer struct {
 	conns []net.Conn
 	// logins counts successful SSH logins.
 	logins int
+	channels int // channels that ran the channel command
 }
 
 // cacheFiles is the cache's content: small files by path, and NARs that
@@ -297,6 +298,9 @@ func (s *cacheServer) serve(nc net.Conn) {
 					continue
 				}
 				req.Reply(true, nil)
+				s.mu.Lock()
+				s.channels++
+				s.mu.Unlock()
 				go func() {
 					binarycache.ServeConn(ch, s.files)
 					ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{0}))

@@ -357,6 +357,30 @@ func TestNixCopyUpload(t *testing.T) {
 	}
 }
 
+// Uploads one after the other, as nix copy sends them, go on one channel:
+// each new channel costs two round trips and a serve process on the cache.
+func TestNixCopyUploadsReuseTheirChannel(t *testing.T) {
+	f := newFixture(t, uploading(Options{}))
+	newUploadRecorder(f)
+	channels := func() int {
+		f.cache.mu.Lock()
+		defer f.cache.mu.Unlock()
+		return f.cache.channels
+	}
+	var after int
+	for i := 1; i <= 4; i++ {
+		if code, msg := f.nixCopy(t, i, testNAR(64<<10, byte(i)), "none"); code != 200 {
+			t.Fatalf("upload %d: %d %q", i, code, msg)
+		}
+		if i == 1 {
+			after = channels()
+		}
+	}
+	if n := channels(); n != after {
+		t.Errorf("three more uploads opened %d more channels, want none", n-after)
+	}
+}
+
 // What Nix cannot mean, or what the cache cannot take, is answered with a
 // status Nix does not retry and a line it prints.
 func TestNixCopyRefusals(t *testing.T) {
