@@ -39,7 +39,7 @@ type cacheServer struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	// logins counts successful SSH logins.
-	logins int
+	logins   int
 	channels int // channels that ran the channel command
 }
 
