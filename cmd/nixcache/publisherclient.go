@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/internal/audit"
+	"github.com/nixcache/nixcache/internal/publish"
 )
 
 // publisherClient is serve's side of the publisher's Unix socket
@@ -58,10 +59,11 @@ func (p *publisherClient) Upload(ctx context.Context, hash string, body io.Reade
 	return resp.StatusCode, strings.TrimSpace(string(msg))
 }
 
-// AuditsUploads says that the publisher writes each upload's audit record
-// itself (binarycache.SelfAuditing): it stands even if serve dies before
-// the answer arrives.
-func (p *publisherClient) AuditsUploads() bool { return true }
+// AuditsUpload says whether the publisher wrote the audit record of an
+// upload it answered with status (binarycache.SelfAuditing): it does for
+// the imports, whose records must stand even if serve dies before the
+// answer arrives.
+func (p *publisherClient) AuditsUpload(status int) bool { return publish.AuditsUpload(status) }
 
 // Audit writes one record.
 func (p *publisherClient) Audit(rec audit.Record) error {

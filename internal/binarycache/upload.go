@@ -44,12 +44,13 @@ type Uploader interface {
 	Upload(ctx context.Context, hash string, body io.Reader) (status int, message string)
 }
 
-// SelfAuditing is an Uploader that writes the audit record of each upload
-// it is given, so that the handler writes none for it: the publisher, whose
-// record of an import stands even when serve, the process that relayed it,
-// is gone before it could write one.
+// SelfAuditing is an Uploader that writes the audit record of some
+// uploads itself, those it answered with a status for which AuditsUpload
+// says so; the handler writes none for them. The publisher writes those of
+// the imports, which must stand even when serve, the process that relayed
+// them, is gone before it could write one.
 type SelfAuditing interface {
-	AuditsUploads() bool
+	AuditsUpload(status int) bool
 }
 
 func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, rec *audit.Record) {
@@ -103,7 +104,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, hash string, re
 	}
 	status, msg := h.Uploads.Upload(r.Context(), hash, br)
 	rec.Bytes = counted.n
-	if a, ok := h.Uploads.(SelfAuditing); ok && a.AuditsUploads() {
+	if a, ok := h.Uploads.(SelfAuditing); ok && a.AuditsUpload(status) {
 		rec.Op = "" // the uploader's record is the one
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

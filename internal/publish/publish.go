@@ -92,17 +92,18 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec.Path = p.cfg.StoreDir + "/" + hash
 		}
 		a := p.upload(r, hash, &rec)
-		// The upload's record is written here, by the process that did
-		// the import, whatever became of the one that asked: serve may
-		// be gone (a client that hangs up once its NAR is sent), and an
-		// import nobody logged would escape a stolen key's cleanup.
-		rec.Time, rec.Bytes, rec.Status = time.Now().UTC(), body.n, a.status
-		rec.Duration = float64(time.Since(start).Microseconds()) / 1000
-		if a.status == http.StatusForbidden {
-			rec.Op, rec.Request = audit.OpRefused, audit.OpUpload
-		}
-		if err := p.cfg.Audit.Write(rec); err != nil {
-			p.logf("cannot write the audit log: %v (the record: %+v)", err, rec)
+		// An upload that changed the server (imported, or published on
+		// proof) is logged here, by the process that did it, whatever
+		// became of the one that asked: serve may be gone (a client that
+		// hangs up once its NAR is sent), and an import nobody logged
+		// would escape a stolen key's cleanup. serve logs the rest, with
+		// the bytes that crossed the channel (AuditsUpload).
+		if AuditsUpload(a.status) {
+			rec.Time, rec.Bytes, rec.Status = time.Now().UTC(), body.n, a.status
+			rec.Duration = float64(time.Since(start).Microseconds()) / 1000
+			if err := p.cfg.Audit.Write(rec); err != nil {
+				p.logf("cannot write the audit log: %v (the record: %+v)", err, rec)
+			}
 		}
 		answer(w, a.status, a.msg)
 	case r.URL.Path == "/audit" && r.Method == http.MethodPost:
@@ -183,4 +184,11 @@ func (c *countingBody) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// AuditsUpload says whether the publisher writes the audit record of an
+// upload it answered with status: 200 and 201, the uploads that changed
+// the server.
+func AuditsUpload(status int) bool {
+	return status == http.StatusOK || status == http.StatusCreated
 }
