@@ -65,19 +65,15 @@ let
       [
         "services.nixcache.server.auditLog = \"${f}\" must be the absolute path of a file, in letters, digits and . _ / + -"
       ]
-    else if lib.hasPrefix "${builtins.storeDir}/" f then
-      [ "services.nixcache.server.auditLog = \"${f}\" is inside the Nix store, which is read-only: use e.g. \"/var/log/nixcache/audit.log\"" ]
-    # The publisher sees a private /tmp and /dev.
-    else if
-      lib.any (d: lib.hasPrefix d f) [
-        "/tmp/"
-        "/var/tmp/"
-        "/dev/shm/"
-      ]
-    then
-      [ "services.nixcache.server.auditLog = \"${f}\" is in a temporary directory, which the publisher sees a private copy of: use e.g. \"/var/log/nixcache/audit.log\"" ]
+    # systemd makes the log's directory the publisher's (LogsDirectory),
+    # safely: no root step that a symlink planted in the directory could
+    # turn onto another file. So the directory is one of its own under
+    # /var/log.
+    else if !(lib.hasPrefix "/var/log/" (dirOf f)) then
+      [ "services.nixcache.server.auditLog = \"${f}\" must be a file in a directory of its own under /var/log, which systemd makes the publisher's: use e.g. \"/var/log/nixcache/audit.log\"" ]
     else
       [ ];
+  auditLogsDirectory = lib.removePrefix "/var/log/" (dirOf cfg.auditLog);
 
   pushClients = lib.filterAttrs (_: c: (c.role or "pull") == "push") clients.clients;
 
@@ -408,9 +404,9 @@ in
         `copytruncate`, which keeps the publisher's file open and its
         appends at the end. If the publisher cannot write a record, the
         request is refused: what is not logged is not served. The path is
-        letters, digits and `. _ + -` between slashes. Keep its directory
-        writable by root alone: root makes the file and hands it to the
-        publisher's user at every start, following a symlink there.
+        letters, digits and `. _ + -` between slashes, in a directory of its
+        own under /var/log, which systemd makes the publisher's
+        (`LogsDirectory`, mode 0750).
       '';
     };
 
@@ -676,16 +672,11 @@ in
           ]
           ++ lib.optional (cfg.auditLog != null) "--audit-log ${cfg.auditLog}"
         );
-        # The audit log file is made and handed to the publisher's user
-        # from outside the confinement, as the key unit makes a key's
-        # directory: the confined process may write that file and nothing
-        # else of its directory.
-        ExecStartPre = lib.optionals (cfg.auditLog != null) [
-          "+${pkgs.coreutils}/bin/mkdir -p -- ${dirOf cfg.auditLog}"
-          "+${pkgs.coreutils}/bin/touch -- ${cfg.auditLog}"
-          "+${pkgs.coreutils}/bin/chown ${publisherUser}:${publisherUser} -- ${cfg.auditLog}"
-          "+${pkgs.coreutils}/bin/chmod 0640 -- ${cfg.auditLog}"
-        ];
+        # The audit log's directory is made the publisher's by systemd,
+        # which does not follow a symlink planted there; the publisher makes
+        # the file (0640, not through a symlink).
+        LogsDirectory = lib.mkIf (cfg.auditLog != null) auditLogsDirectory;
+        LogsDirectoryMode = lib.mkIf (cfg.auditLog != null) "0750";
         # The key: root reads it, the service sees a private copy.
         LoadCredential = [ "key:${lib.head secretKeyFiles}" ];
 
@@ -701,7 +692,7 @@ in
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = true;
-        ReadWritePaths = [ pushedDir ] ++ lib.optional (cfg.auditLog != null) cfg.auditLog;
+        ReadWritePaths = [ pushedDir ];
         # Not 0077: serve, as the cache account, reads the per-client root
         # directories in published mode.
         UMask = "0022";
