@@ -26,7 +26,7 @@ type Summary struct {
 	BytesSent     int64     `json:"bytes_sent"`     // narinfo, nar and missing answers
 	BytesReceived int64     `json:"bytes_received"` // uploaded NARs, accepted or not
 	Uploads       int64     `json:"uploads"`        // uploads answered 200 or 201
-	Refusals      int64     `json:"refusals"`
+	Refusals      int64     `json:"refusals"`       // refused requests, and uploads answered 4xx
 	LastSeen      time.Time `json:"last_seen"`
 	Keys          []string  `json:"keys"` // distinct key fingerprints, sorted
 }
@@ -164,8 +164,13 @@ func add(s *Summary, keys map[string]bool, r line) {
 		s.BytesSent = sum(s.BytesSent, r.Bytes)
 	case OpUpload:
 		s.BytesReceived = sum(s.BytesReceived, r.Bytes)
-		if r.Status == 200 || r.Status == 201 {
+		switch {
+		case r.Status == 200 || r.Status == 201:
 			s.Uploads++
+		case r.Status >= 400 && r.Status < 500:
+			// A bad hash, a missing reference, a NAR too large: the
+			// cache refused what the client sent.
+			s.Refusals++
 		}
 	case OpRefused:
 		s.Refusals++

@@ -33,7 +33,7 @@ func TestSummarise(t *testing.T) {
 	}
 	want := []Summary{{
 		Client: "build-01", Role: "push", Requests: 4, BytesSent: 10500, BytesReceived: 2148,
-		Uploads: 1, LastSeen: time.Date(2026, 11, 29, 5, 41, 0, 0, time.UTC), Keys: []string{otherKey, testKey},
+		Uploads: 1, Refusals: 1, LastSeen: time.Date(2026, 11, 29, 5, 41, 0, 0, time.UTC), Keys: []string{otherKey, testKey},
 	}, {
 		Client: "laptop", Role: "pull", Requests: 2, BytesSent: 73, Refusals: 1,
 		LastSeen: time.Date(2026, 11, 29, 5, 0, 1, 0, time.UTC), Keys: []string{testKey},
