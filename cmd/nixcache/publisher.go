@@ -174,19 +174,14 @@ func allowedUIDs(names []string) (uids []uint32, gid int, err error) {
 // publisherListener is the socket systemd passed, or a new one at path:
 // mode 0660, group gid (when >= 0), in a directory made if missing.
 func publisherListener(path string, gid int) (*net.UnixListener, error) {
-	if os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
-		if n := os.Getenv("LISTEN_FDS"); n != "1" {
-			return nil, fmt.Errorf("systemd passed %q sockets, want 1: ListenStream=%s in the socket unit", n, path)
-		}
-		f := os.NewFile(3, "systemd socket")
-		defer f.Close()
-		l, err := net.FileListener(f)
-		if err != nil {
-			return nil, fmt.Errorf("the socket systemd passed: %w", err)
-		}
-		ul, ok := l.(*net.UnixListener)
+	passed, err := systemdSocket(path)
+	if err != nil {
+		return nil, err
+	}
+	if passed != nil {
+		ul, ok := passed.(*net.UnixListener)
 		if !ok {
-			l.Close()
+			passed.Close()
 			return nil, fmt.Errorf("the socket systemd passed is not a Unix socket: ListenStream=%s in the socket unit", path)
 		}
 		return ul, nil

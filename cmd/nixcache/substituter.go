@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -342,21 +341,16 @@ func substituterError(err error, target sshconf.Target, files substituterFiles) 
 // boot on: while the substituter restarts, no local user can take its port
 // and answer Nix in its place (the unit's port is not privileged).
 func substituterListener(listen string) (net.Listener, error) {
-	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+	l, err := systemdSocket(listen)
+	if err != nil {
+		return nil, err
+	}
+	if l == nil {
 		l, err := net.Listen("tcp", listen)
 		if err != nil {
 			return nil, withHint(err, "choose another port with --listen")
 		}
 		return l, nil
-	}
-	if n := os.Getenv("LISTEN_FDS"); n != "1" {
-		return nil, fmt.Errorf("systemd passed %q sockets, want 1: ListenStream=%s in the socket unit", n, listen)
-	}
-	f := os.NewFile(3, "systemd socket")
-	defer f.Close()
-	l, err := net.FileListener(f)
-	if err != nil {
-		return nil, fmt.Errorf("the socket systemd passed: %w", err)
 	}
 	if err := loopbackOnly(l.Addr().String()); err != nil {
 		l.Close()
