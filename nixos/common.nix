@@ -137,4 +137,22 @@ in
     IPAddressDeny = "any";
   }
   // isolation;
+
+  # systemd settings for an unprivileged unit whose only peer is the Nix
+  # daemon (the signer, the publisher): no capabilities, a read-only
+  # system and no home, no network but Unix sockets, a system call filter.
+  # The unit adds its identity, what it may write and its umask.
+  confinedDaemonClient = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateNetwork = true;
+    RestrictAddressFamilies = [ "AF_UNIX" ];
+    IPAddressDeny = "any";
+  }
+  // isolation;
 }

@@ -581,23 +581,12 @@ in
         # service sees a private copy.
         LoadCredential = lib.imap0 (i: f: "key-${toString i}:${f}") secretKeyFiles;
 
-        # Identity: an unprivileged, untrusted daemon user.
+        # An unprivileged, untrusted daemon user, which reads nothing but
+        # its credentials and talks to the daemon's socket alone.
         DynamicUser = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        NoNewPrivileges = true;
-        # Filesystem: reads nothing but its credentials; talks to the daemon's socket.
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
         UMask = "0077";
-        # Network: the daemon's Unix socket only.
-        PrivateNetwork = true;
-        RestrictAddressFamilies = [ "AF_UNIX" ];
-        IPAddressDeny = "any";
       }
-      // common.isolation;
+      // common.confinedDaemonClient;
     };
 
     # Publishing a path (a root in gcRootsDir) signs it and its closure at
@@ -680,29 +669,18 @@ in
         # The key: root reads it, the service sees a private copy.
         LoadCredential = [ "key:${lib.head secretKeyFiles}" ];
 
-        # Identity: an unprivileged, untrusted daemon user of its own.
+        # An unprivileged, untrusted daemon user of its own (the roots it
+        # makes keep an owner), which reads the registry and writes the
+        # pushed roots (and the audit log's directory) alone; its socket
+        # comes from systemd, the daemon's is a Unix socket.
         User = publisherUser;
         Group = publisherUser;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        NoNewPrivileges = true;
-        # Filesystem: reads the registry, writes the pushed roots (and the
-        # audit log file) alone.
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
         ReadWritePaths = [ pushedDir ];
         # Not 0077: serve, as the cache account, reads the per-client root
         # directories in published mode.
         UMask = "0022";
-        # Network: none; its socket comes from systemd, the daemon's is a
-        # Unix socket.
-        PrivateNetwork = true;
-        RestrictAddressFamilies = [ "AF_UNIX" ];
-        IPAddressDeny = "any";
       }
-      // common.isolation;
+      // common.confinedDaemonClient;
     };
 
     users.users.${publisherUser} = {
