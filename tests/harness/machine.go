@@ -43,7 +43,11 @@ func (e *Env) NewMachine(dir, nixConf string, chroot bool) (*Machine, error) {
 	if chroot {
 		m.Store = filepath.Join(dir, "store")
 	}
-	// Its ordinary users reach the daemon's socket and read nix.conf (RunAs).
+	// Its ordinary users reach the daemon's socket and read nix.conf
+	// (RunAs), in a directory that may exist already (t.TempDir's is 0700).
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
