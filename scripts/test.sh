@@ -33,6 +33,22 @@ for f in $(git ls-files '*.nix'); do
   nix-instantiate --parse "$f" >/dev/null
 done
 
+echo "== go test without the harness, as an unprivileged user" >&2
+# As the package's build runs them (nixos/package.nix: go test ./..., in
+# Nix's sandbox as a build user): a test that needs root belongs behind the
+# harness tag. In a copy of the tree the user can read, with caches of its
+# own.
+unprivileged=$(mktemp -d)
+trap 'rm -rf "$vendor_check" "$unprivileged"' EXIT
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$unprivileged"
+mkdir "$unprivileged/home"
+chown -R nobody "$unprivileged"
+chmod 0755 "$unprivileged"
+(cd "$unprivileged" && setpriv --reuid=nobody --regid=nogroup --clear-groups \
+  env -i PATH="$PATH" HOME="$unprivileged/home" GOCACHE="$unprivileged/home/cache" \
+  GOPATH="$unprivileged/home/go" GOFLAGS=-mod=vendor GOTOOLCHAIN=local \
+  go test -count=1 ./...)
+
 echo "== go test, the harness's tests included" >&2
 # -tags harness adds the tests that need root, the real nix-daemon and sshd
 # (tests/e2e, tests/integration, the CLI's scripts in testdata/harness); a
