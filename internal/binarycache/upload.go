@@ -29,9 +29,9 @@ const (
 	// MaxUploadNarinfo bounds the narinfo part of an upload.
 	MaxUploadNarinfo = 64 << 10
 	// MaxMissing bounds the paths of one missing request, and
-	// maxMissingBytes its body.
+	// MaxMissingBytes its body.
 	MaxMissing      = 10000
-	maxMissingBytes = 1 << 20
+	MaxMissingBytes = 1 << 20
 	// maxWindow bounds the zstd window of an upload's encoding, so a
 	// hostile frame cannot make the decoder allocate more.
 	maxWindow = 8 << 20
@@ -187,12 +187,12 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // missing answers which of the listed paths the cache does not serve.
 func (h *Handler) missing(w http.ResponseWriter, r *http.Request, rec *audit.Record) {
 	rec.Op = audit.OpMissing
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxMissingBytes+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxMissingBytes+1))
 	if err != nil {
 		return
 	}
-	if len(body) > maxMissingBytes {
-		http.Error(w, fmt.Sprintf("at most %d bytes of paths per request", maxMissingBytes), http.StatusRequestEntityTooLarge)
+	if len(body) > MaxMissingBytes {
+		http.Error(w, fmt.Sprintf("at most %d bytes of paths per request", MaxMissingBytes), http.StatusRequestEntityTooLarge)
 		return
 	}
 	paths := strings.Fields(string(body))

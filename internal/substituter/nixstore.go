@@ -181,7 +181,7 @@ func nonNil(errs ...error) error {
 }
 
 // maxUploadNarinfo bounds an uploaded narinfo, as the cache does.
-const maxUploadNarinfo = 64 << 10
+const maxUploadNarinfo = binarycache.MaxUploadNarinfo
 
 // readNarinfo reads a narinfo PUT, which recent Nix may compress
 // (narinfo-compression).

@@ -27,10 +27,10 @@ import (
 
 // The channel requests of an upload, as nixcache serve answers them.
 const (
-	uploadPrefix = "/nixcache-upload/"
-	missingPath  = "/nixcache-missing"
+	uploadPrefix = binarycache.UploadPrefix
+	missingPath  = binarycache.MissingPath
 	// maxMissingBody bounds a missing query's body, as the cache does.
-	maxMissingBody = 1 << 20
+	maxMissingBody = binarycache.MaxMissingBytes
 	// maxRelayAnswer bounds an answer relayed back: a missing query's
 	// answer is no longer than its question, an upload's is one line.
 	maxRelayAnswer = maxMissingBody + 1<<10
