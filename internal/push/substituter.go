@@ -19,12 +19,6 @@ import (
 // What push asks of the local substituter, as docs/uploads.md specifies:
 // POST /nixcache-missing and PUT /nixcache-upload/HASH.
 
-// Limits of one missing query, the cache's (docs/uploads.md).
-const (
-	missingMaxPaths = 10_000
-	missingMaxBytes = 1 << 20
-)
-
 // ParseURL checks the substituter's URL: plain http to a loopback address.
 // The substituter takes uploads only from local users it can name by their
 // socket (root and --upload-user), and it listens only on loopback; an
@@ -92,7 +86,7 @@ func (s *substituter) missing(ctx context.Context, paths []string) (map[string]b
 	lacks := make(map[string]bool)
 	for len(paths) > 0 {
 		n, size := 0, 0
-		for n < len(paths) && n < missingMaxPaths && size+len(paths[n])+1 <= missingMaxBytes {
+		for n < len(paths) && n < binarycache.MaxMissing && size+len(paths[n])+1 <= binarycache.MaxMissingBytes {
 			size += len(paths[n]) + 1
 			n++
 		}
@@ -114,7 +108,7 @@ func (s *substituter) missing(ctx context.Context, paths []string) (map[string]b
 
 func (s *substituter) missingBatch(ctx context.Context, batch []string) ([]string, error) {
 	body := strings.Join(batch, "\n") + "\n"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url("/nixcache-missing"), strings.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url(binarycache.MissingPath), strings.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +159,7 @@ func (s *substituter) upload(ctx context.Context, nars narSource, info *daemon.P
 		io.Reader
 		io.Closer
 	}{io.MultiReader(strings.NewReader(head), pr), pr}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, s.url("/nixcache-upload/"+hashPart(info.Path)), body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, s.url(binarycache.UploadPrefix+hashPart(info.Path)), body)
 	if err != nil {
 		return 0, nil, err
 	}
