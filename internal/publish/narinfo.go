@@ -12,10 +12,13 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"github.com/nixcache/nixcache/internal/binarycache"
 )
 
-// maxNarinfo caps the narinfo part of an upload (docs/uploads.md).
-const maxNarinfo = 64 << 10
+// maxNarinfo caps the narinfo part of an upload (docs/uploads.md): the
+// cache's limit, which serve also reads ahead by.
+const maxNarinfo = binarycache.MaxUploadNarinfo
 
 // hashPartLen is the length of a store path's hash part in nix32.
 const hashPartLen = 32
