@@ -44,8 +44,8 @@ func (p *publisherClient) Upload(ctx context.Context, hash string, body io.Reade
 	if err != nil {
 		return http.StatusInternalServerError, "the cache failed"
 	}
-	req.Header.Set("Nixcache-Client", p.client)
-	req.Header.Set("Nixcache-Key", p.keyHash)
+	req.Header.Set(publish.HeaderClient, p.client)
+	req.Header.Set(publish.HeaderKey, p.keyHash)
 	resp, err := p.http.Do(req)
 	if err != nil {
 		// Standard error reaches the client's side of the channel (the
