@@ -19,12 +19,14 @@ import (
 // publisherClient is serve's side of the publisher's Unix socket
 // (docs/uploads.md): it hands uploads over and writes the audit log there.
 type publisherClient struct {
-	http    *http.Client
-	client  string // the registry's name for this login
-	keyHash string // its SSH key's fingerprint
+	http *http.Client
+	// The login's registry name and its SSH key's fingerprint, set once
+	// serve knows who logged in.
+	client  string
+	keyHash string
 }
 
-func newPublisherClient(socket, client, keyHash string) *publisherClient {
+func newPublisherClient(socket string) *publisherClient {
 	return &publisherClient{
 		http: &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -33,8 +35,6 @@ func newPublisherClient(socket, client, keyHash string) *publisherClient {
 			},
 			MaxIdleConnsPerHost: 2,
 		}},
-		client:  client,
-		keyHash: keyHash,
 	}
 }
 

@@ -118,7 +118,7 @@ EXAMPLES:
 				return err
 			}
 			if socket := c.String("publisher"); socket != "" {
-				pub = newPublisherClient(socket, "", "")
+				pub = newPublisherClient(socket)
 			}
 			client, key, err := loginClient(path, c.String("client"))
 			if err != nil {
