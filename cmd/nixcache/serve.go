@@ -270,9 +270,7 @@ func serveBinaryCache(ui *ui, o channelOptions) error {
 	h := &binarycache.Handler{
 		Dial: func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, daemon.SocketPath()) },
 		Logf: func(format string, args ...any) { fmt.Fprintf(ui.stderr, "nixcache: "+format+"\n", args...) },
-		MayUpload: func() bool {
-			return role == registry.Push && o.ceiling == registry.Push
-		},
+		MayUpload: func() bool { return effectiveRole(role, o.ceiling) == registry.Push },
 	}
 	if o.published {
 		h.Published = &binarycache.Published{Roots: o.roots}
