@@ -113,11 +113,8 @@ func (c *Conn) AddToStoreNar(info *PathInfo, nar io.Reader) error {
 	if err := c.sendFramedNar(info, nar, finished); err != nil {
 		c.Close()
 		<-finished
-		var re *RemoteError
 		if errors.Is(err, errDaemonEnded) {
-			if errors.As(result, &re) {
-				return result
-			}
+			// The daemon's own reason, if it gave one.
 			if result == nil {
 				return &ProtocolError{"the daemon ended AddToStoreNar before the NAR was sent"}
 			}
