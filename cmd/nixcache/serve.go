@@ -268,8 +268,8 @@ func serveBinaryCache(ui *ui, o channelOptions) error {
 	var role registry.Role
 	auditFailed := false
 	h := &binarycache.Handler{
-		Dial: func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, daemon.SocketPath()) },
-		Logf: func(format string, args ...any) { fmt.Fprintf(ui.stderr, "nixcache: "+format+"\n", args...) },
+		Dial:      func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, daemon.SocketPath()) },
+		Logf:      func(format string, args ...any) { fmt.Fprintf(ui.stderr, "nixcache: "+format+"\n", args...) },
 		MayUpload: func() bool { return effectiveRole(role, o.ceiling) == registry.Push },
 	}
 	if o.published {
