@@ -52,7 +52,7 @@ type Env struct {
 	// input-addressed paths as an untrusted daemon user (docs/uploads.md).
 	CacheSecretKey, CachePublicKey string
 
-	daemon       *process
+	daemon       *Process
 	nixcache     string
 	nixcacheOnce sync.Once
 	nixcacheErr  error
@@ -132,7 +132,7 @@ func (e *Env) start() error {
 	}
 	// Not e.Environ(): with NIX_REMOTE=daemon the daemon would serve its
 	// own socket instead of the store.
-	e.daemon, err = e.startDaemon(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
+	e.daemon, err = e.StartDaemonWith(e.baseEnviron(), e.Socket, filepath.Join(e.Dir, "nix-daemon.log"))
 	return err
 }
 
@@ -146,16 +146,17 @@ func (e *Env) OwnRoot() string { return e.ownroot }
 // such as "local?root=/some/dir") on socket, with the Env's configuration.
 // The returned function stops it.
 func (e *Env) StartDaemon(store, socket string) (stop func(), err error) {
-	p, err := e.startDaemon(e.baseEnviron(), socket, socket+".log", "--option", "store", store)
+	p, err := e.StartDaemonWith(e.baseEnviron(), socket, socket+".log", "--option", "store", store)
 	if err != nil {
 		return nil, err
 	}
-	return p.stop, nil
+	return p.Stop, nil
 }
 
-// startDaemon starts nix-daemon listening on socket and waits until it
-// answers the handshake.
-func (e *Env) startDaemon(env []string, socket, logPath string, args ...string) (*process, error) {
+// StartDaemonWith starts nix-daemon (through ownroot) listening on socket,
+// with env (its NIX_CONF_DIR among it), extra arguments and its output in
+// logPath, and waits until it answers the handshake.
+func (e *Env) StartDaemonWith(env []string, socket, logPath string, args ...string) (*Process, error) {
 	log, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -167,7 +168,7 @@ func (e *Env) startDaemon(env []string, socket, logPath string, args ...string) 
 		return strings.HasPrefix(s, "NIX_DAEMON_SOCKET_PATH=")
 	}), "NIX_DAEMON_SOCKET_PATH="+socket)
 	cmd.Stdout, cmd.Stderr = log, log
-	p, err := startProcess(cmd)
+	p, err := StartProcess(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -178,11 +179,11 @@ func (e *Env) startDaemon(env []string, socket, logPath string, args ...string) 
 		if err == nil {
 			return p, c.Close()
 		}
-		if exited, werr := p.hasExited(); exited {
+		if exited, werr := p.Exited(); exited {
 			return nil, fmt.Errorf("nix-daemon exited at start (%v); see %s", werr, logPath)
 		}
 		if ctx.Err() != nil {
-			p.stop()
+			p.Stop()
 			return nil, fmt.Errorf("nix-daemon did not answer on %s: %v (log: %s)", socket, err, logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -192,7 +193,7 @@ func (e *Env) startDaemon(env []string, socket, logPath string, args ...string) 
 // Close stops the daemon (its process group: the listener and the processes
 // it forked per connection) and removes the directory.
 func (e *Env) Close() {
-	e.daemon.stop()
+	e.daemon.Stop()
 	os.RemoveAll(e.Dir)
 }
 

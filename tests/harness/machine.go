@@ -26,7 +26,7 @@ type Machine struct {
 	Socket string
 
 	env    *Env
-	daemon *process
+	daemon *Process
 }
 
 // NewMachine makes a machine in dir (a fresh directory) with nixConf as its
@@ -76,13 +76,13 @@ func (m *Machine) Start() error {
 		args = []string{"--option", "store", "local?root=" + m.Store}
 	}
 	var err error
-	m.daemon, err = m.env.startDaemon(m.daemonEnviron(), m.Socket, m.Socket+".log", args...)
+	m.daemon, err = m.env.StartDaemonWith(m.daemonEnviron(), m.Socket, m.Socket+".log", args...)
 	return err
 }
 
 // Stop stops the machine's daemon.
 func (m *Machine) Stop() {
-	m.daemon.stop()
+	m.daemon.Stop()
 	m.daemon = nil
 }
 
@@ -158,7 +158,7 @@ type Substituter struct {
 	// URL is where it serves, http://127.0.0.1:PORT.
 	URL     string
 	logPath string
-	proc    *process
+	proc    *Process
 }
 
 // StartSubstituter runs `nixcache client substituter --cache cacheURL` as
@@ -189,11 +189,11 @@ func (m *Machine) StartSubstituter(cacheURL string, extra ...string) (*Substitut
 		"--ssh-dir", m.SSHDir, "--spool-dir", spool}, extra...)...)
 	cmd.Env = m.Environ()
 	cmd.Stdout, cmd.Stderr = log, log
-	if s.proc, err = startProcess(cmd); err != nil {
+	if s.proc, err = StartProcess(cmd); err != nil {
 		return nil, err
 	}
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if exited, werr := s.proc.hasExited(); exited {
+		if exited, werr := s.proc.Exited(); exited {
 			return nil, fmt.Errorf("the substituter exited at start (%v):\n%s", werr, s.Log())
 		}
 		if strings.Contains(s.Log(), "serving") {
@@ -205,12 +205,12 @@ func (m *Machine) StartSubstituter(cacheURL string, extra ...string) (*Substitut
 }
 
 // Stop stops the substituter (SIGTERM, then SIGKILL).
-func (s *Substituter) Stop() { s.proc.stop() }
+func (s *Substituter) Stop() { s.proc.Stop() }
 
 // Kill kills the substituter at once, as a crash would.
 func (s *Substituter) Kill() {
 	syscall.Kill(-s.proc.cmd.Process.Pid, syscall.SIGKILL)
-	s.proc.stop()
+	s.proc.Stop()
 }
 
 // Log is what the substituter logged.

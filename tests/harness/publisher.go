@@ -35,7 +35,7 @@ type Publisher struct {
 	logPath string
 	args    []string
 	server  *Server
-	proc    *process
+	proc    *Process
 }
 
 // StartUploadServer starts a Nixcache server that takes uploads: the
@@ -96,11 +96,11 @@ func (p *Publisher) Start() error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = log, log
-	if p.proc, err = startProcess(cmd); err != nil {
+	if p.proc, err = StartProcess(cmd); err != nil {
 		return err
 	}
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if exited, werr := p.proc.hasExited(); exited {
+		if exited, werr := p.proc.Exited(); exited {
 			return fmt.Errorf("the publisher exited at start (%v):\n%s", werr, p.Log())
 		}
 		// Root may connect (SO_PEERCRED), and says nothing.
@@ -113,7 +113,7 @@ func (p *Publisher) Start() error {
 }
 
 // Stop stops the publisher, as a crash or a restart would.
-func (p *Publisher) Stop() { p.proc.stop() }
+func (p *Publisher) Stop() { p.proc.Stop() }
 
 // Log is what the publisher logged, for failure messages.
 func (p *Publisher) Log() string {
@@ -133,7 +133,7 @@ func (s *Server) SetPublishMode(mode string) error {
 	if s.Publisher == nil {
 		return errors.New("the server takes no uploads: start it with StartUploadServer")
 	}
-	s.sshd.stop()
+	s.sshd.Stop()
 	s.publishMode = mode
 	return s.start(s.env, s.hostKeyFile())
 }

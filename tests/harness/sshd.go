@@ -2,7 +2,6 @@ package harness
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/internal/atomicfile"
@@ -49,7 +47,7 @@ type Server struct {
 
 	authorizedKeys string
 	publishMode    string
-	sshd           *process
+	sshd           *Process
 	env            *Env
 }
 
@@ -140,7 +138,7 @@ func (s *Server) newHostKey() error {
 // ReplaceHostKey restarts sshd on the same port with a new host key, as a
 // reinstalled server (or one in the middle) would present.
 func (s *Server) ReplaceHostKey() error {
-	s.sshd.stop()
+	s.sshd.Stop()
 	if err := s.newHostKey(); err != nil {
 		return err
 	}
@@ -202,7 +200,7 @@ Match All
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = log, log
-	if s.sshd, err = startProcess(cmd); err != nil {
+	if s.sshd, err = StartProcess(cmd); err != nil {
 		return err
 	}
 	return s.waitReady()
@@ -338,7 +336,7 @@ func freePort() (int, error) {
 func (s *Server) waitReady() error {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if exited, err := s.sshd.hasExited(); exited {
+		if exited, err := s.sshd.Exited(); exited {
 			return fmt.Errorf("sshd exited at start (%v):\n%s", err, s.Log())
 		}
 		if c, err := net.DialTimeout("tcp", s.Addr(), time.Second); err == nil {
@@ -378,32 +376,6 @@ func (s *Server) Log() string {
 // would: each connection's sshd calls setsid(), so stopping sshd's process
 // group alone would leave them running.
 func (s *Server) Close() {
-	if s.sshd != nil && s.sshd.cmd.Process != nil {
-		for _, child := range children(s.sshd.cmd.Process.Pid) {
-			// A session leader: its group is the connection's processes.
-			syscall.Kill(-child, syscall.SIGKILL)
-			syscall.Kill(child, syscall.SIGKILL)
-		}
-	}
-	s.sshd.stop()
+	s.sshd.StopSessions()
 	s.stopPublisher()
-}
-
-// children are the PIDs whose parent is pid.
-func children(pid int) []int {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	var out []int
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		// The fields after the command's name, which ends at the last ')'.
-		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
-			out = append(out, child)
-		}
-	}
-	return out
 }

@@ -85,7 +85,7 @@ func startCache(env *harness.Env, nixcache, work string, kind cacheKind, secretK
 	if err := os.WriteFile(filepath.Join(c.ConfDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	if c.daemon, err = benchkit.StartDaemon(env.OwnRoot(), c.baseEnviron(), c.Socket, "--option", "store", "local?root="+storeRoot); err != nil {
+	if c.daemon, err = benchkit.StartDaemon(env, c.baseEnviron(), c.Socket, "--option", "store", "local?root="+storeRoot); err != nil {
 		return nil, err
 	}
 	if kind == nixcacheServe {
