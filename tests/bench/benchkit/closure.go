@@ -188,3 +188,38 @@ func NamedKey(env *harness.Env, secret, name, nixcache string) (string, string, 
 
 // MB formats a byte count in MB (10^6 bytes), one decimal.
 func MB(b int64) string { return strconv.FormatFloat(float64(b)/1e6, 'f', 1, 64) }
+
+// Setup is what each benchmark starts from: the harness, the nixcache it
+// built, the bench's key, the closure, and the versions it runs.
+type Setup struct {
+	Env            *harness.Env
+	Nixcache       string
+	Secret, Public string
+	Closure        Closure
+	Nix, SSH       string // `nix --version`, `ssh -V`
+}
+
+// Start makes the Setup, the closure of paths paths and mb MB of content
+// built once under state. Close its Env when done.
+func Start(state string, paths, mb int, content string) (*Setup, error) {
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		return nil, err
+	}
+	env, err := harness.Start()
+	if err != nil {
+		return nil, err
+	}
+	s := &Setup{Env: env}
+	if s.Nixcache, err = env.Nixcache(); err == nil {
+		if s.Secret, s.Public, err = Key(env, state, s.Nixcache); err == nil {
+			s.Closure, err = BuildClosure(env, state, s.Nixcache, s.Secret, paths, mb, content)
+		}
+	}
+	if err != nil {
+		env.Close()
+		return nil, err
+	}
+	s.Nix = strings.TrimSpace(harness.Run(env.Environ(), "nix", "--version").Stdout)
+	s.SSH = strings.TrimSpace(harness.Run(env.Environ(), "ssh", "-V").Stderr)
+	return s, nil
+}

@@ -139,29 +139,14 @@ type result struct {
 }
 
 func run(o options) error {
-	if err := os.MkdirAll(o.state, 0o755); err != nil {
-		return err
-	}
-	env, err := harness.Start()
+	setup, err := benchkit.Start(o.state, o.paths, o.mb, o.content)
 	if err != nil {
 		return err
 	}
+	// nixcache is the one the Nixcache protocol's sshd runs, too.
+	env, nixcache, public, cl := setup.Env, setup.Nixcache, setup.Public, setup.Closure
 	defer env.Close()
-	// The one the Nixcache protocol's sshd runs, too.
-	nixcache, err := env.Nixcache()
-	if err != nil {
-		return err
-	}
-	secret, public, err := benchkit.Key(env, o.state, nixcache)
-	if err != nil {
-		return err
-	}
-	cl, err := benchkit.BuildClosure(env, o.state, nixcache, secret, o.paths, o.mb, o.content)
-	if err != nil {
-		return err
-	}
-	version := strings.TrimSpace(harness.Run(env.Environ(), "nix", "--version").Stdout)
-	ssh := strings.TrimSpace(harness.Run(env.Environ(), "ssh", "-V").Stderr)
+	version, ssh := setup.Nix, setup.SSH
 	bandwidth := o.mbit * 1e6 / 8 // bytes/s
 	link := linkproxy.Link{RTT: o.rtt, Bandwidth: bandwidth}
 

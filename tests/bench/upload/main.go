@@ -98,35 +98,20 @@ type result struct {
 }
 
 func run(o options) error {
-	if err := os.MkdirAll(o.state, 0o755); err != nil {
-		return err
-	}
-	env, err := harness.Start()
-	if err != nil {
-		return err
-	}
-	defer env.Close()
-	nixcache, err := env.Nixcache()
-	if err != nil {
-		return err
-	}
 	// The closure's paths carry the download benchmark's signature; the
 	// cache signs with a key of its own, so a signature by it on the
 	// cache proves the upload's signing step ran.
-	benchSecret, _, err := benchkit.Key(env, o.state, nixcache)
+	setup, err := benchkit.Start(o.state, o.paths, o.mb, o.content)
 	if err != nil {
 		return err
 	}
-	cl, err := benchkit.BuildClosure(env, o.state, nixcache, benchSecret, o.paths, o.mb, o.content)
-	if err != nil {
-		return err
-	}
+	env, nixcache, cl := setup.Env, setup.Nixcache, setup.Closure
+	defer env.Close()
 	cacheSecret, cachePublic, err := benchkit.NamedKey(env, filepath.Join(o.state, "upload-cache-secret-key"), "nixcache-bench-upload-cache-1", nixcache)
 	if err != nil {
 		return err
 	}
-	version := strings.TrimSpace(harness.Run(env.Environ(), "nix", "--version").Stdout)
-	sshVersion := strings.TrimSpace(harness.Run(env.Environ(), "ssh", "-V").Stderr)
+	version, sshVersion := setup.Nix, setup.SSH
 	bandwidth := o.mbit * 1e6 / 8
 	link := linkproxy.Link{RTT: o.rtt, Bandwidth: bandwidth}
 
