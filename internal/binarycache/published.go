@@ -21,14 +21,22 @@ import (
 // The set is computed through the daemon and computed again when a
 // directory under Roots changed (its mtime: a root added or removed) or it
 // is older than maxAge (a root that is a link to a profile whose target
-// changed changes no directory).
+// changed changes no directory). A request costs a stat of each directory
+// the last computation saw, not a walk of the roots.
 type Published struct {
 	Roots string
 
 	mu       sync.Mutex
 	paths    map[string]bool
-	stamps   string
+	dirs     []dirStamp
 	computed time.Time
+}
+
+// dirStamp is a directory under Roots as the last computation saw it; a
+// zero mtime, Roots missing.
+type dirStamp struct {
+	path  string
+	mtime time.Time
 }
 
 // maxAge bounds how long a published set is trusted without a look at the
@@ -47,28 +55,34 @@ const (
 func (p *Published) Contains(c *daemon.Conn, path string) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	stamps, err := p.dirStamps()
-	if err != nil {
-		return false, err
-	}
-	if p.paths == nil || stamps != p.stamps || time.Since(p.computed) > maxAge {
-		paths, err := p.compute(c)
+	if p.paths == nil || p.changed() || time.Since(p.computed) > maxAge {
+		computed := time.Now()
+		paths, dirs, err := p.compute(c)
 		if err != nil {
 			return false, err
 		}
-		p.paths, p.stamps, p.computed = paths, stamps, time.Now()
+		p.paths, p.dirs, p.computed = paths, dirs, computed
 	}
 	return p.paths[path], nil
 }
 
-// dirStamps is every directory under Roots with its mtime: what changes
-// when a root is added or removed.
-func (p *Published) dirStamps() (string, error) {
-	var b strings.Builder
-	err := p.walk(func(dir string, fi fs.FileInfo) {
-		fmt.Fprintf(&b, "%s %d\n", dir, fi.ModTime().UnixNano())
-	}, nil)
-	return b.String(), err
+// changed says whether a directory the last computation saw changed: a root
+// or a directory added or removed in it, or the directory itself gone (or,
+// for a missing Roots, made). A directory made in one changes that one.
+func (p *Published) changed() bool {
+	for _, d := range p.dirs {
+		fi, err := os.Lstat(d.path)
+		if err != nil || !fi.IsDir() {
+			if d.mtime.IsZero() && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return true
+		}
+		if !fi.ModTime().Equal(d.mtime) {
+			return true
+		}
+	}
+	return false
 }
 
 // walk visits the directories (not through symlinks) and the symlinks
@@ -114,18 +128,26 @@ func (p *Published) walk(dir func(string, fs.FileInfo), link func(string)) error
 	return err
 }
 
-// compute is the closure of what the roots point to.
-func (p *Published) compute(c *daemon.Conn) (map[string]bool, error) {
+// compute is the closure of what the roots point to, and the directories
+// it read them from, each stamped before it was read.
+func (p *Published) compute(c *daemon.Conn) (map[string]bool, []dirStamp, error) {
 	var tops []string
+	var dirs []dirStamp
 	seen := map[string]bool{}
-	err := p.walk(nil, func(link string) {
+	err := p.walk(func(dir string, fi fs.FileInfo) {
+		dirs = append(dirs, dirStamp{dir, fi.ModTime()})
+	}, func(link string) {
 		if top := rootTarget(link); top != "" && !seen[top] {
 			seen[top] = true
 			tops = append(tops, top)
 		}
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if len(dirs) == 0 {
+		// No roots directory: nothing is published until it is made.
+		dirs = []dirStamp{{path: p.Roots}}
 	}
 	closure := map[string]bool{}
 	level := tops
@@ -150,11 +172,11 @@ func (p *Published) compute(c *daemon.Conn) (map[string]bool, error) {
 			return nil
 		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		level = next
 	}
-	return closure, nil
+	return closure, dirs, nil
 }
 
 // maxRootHops bounds the links outside the store followed from a root.

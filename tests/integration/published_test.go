@@ -226,3 +226,25 @@ func send(t *testing.T, method, url, body string, want int) string {
 	}
 	return string(b)
 }
+
+// A roots directory made after the first request counts at once, as a root
+// added to one that existed does.
+func TestPublishedModeSeesARootsDirectoryMadeLater(t *testing.T) {
+	cl, err := env.Build(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := filepath.Join(t.TempDir(), "roots")
+	h := cacheHandler(t)
+	h.Published = &binarycache.Published{Roots: roots}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	get(t, srv.URL+"/"+hashOf(cl.Top)+".narinfo", http.StatusNotFound)
+	if err := os.Mkdir(roots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(cl.Top, filepath.Join(roots, "app")); err != nil {
+		t.Fatal(err)
+	}
+	get(t, srv.URL+"/"+hashOf(cl.Top)+".narinfo", http.StatusOK)
+}
